@@ -1,0 +1,152 @@
+"""`python -m bench {run,report}`.
+
+``run`` takes Hydra overrides. Before Hydra starts any job, every job of the
+(multi)run is composed and checked, so a bad name or setting stops everything
+with one line naming the key -- not a traceback after half a grid has trained.
+"""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: python -m bench run [HYDRA OVERRIDES...]      train (add -m for a grid)
+       python -m bench report [RESULTS_DIR] [--out DIR]   tables from stored results
+
+examples:
+  python -m bench run estimator=gumbel_softmax task=categorical_vae
+  python -m bench run -m estimator=reinforce,gumbel_softmax task=bernoulli_vae seed=0,1,2
+  python -m bench run +experiment=NAME
+  python -m bench run dataset=binarized_mnist data_dir=PATH train.steps=1500
+"""
+
+GROUPS = ("estimator", "task", "dataset", "experiment", "hydra/launcher")
+HYDRA_FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir",
+                          "-cd", "--package", "-p", "--experimental-rerun", "--info", "-i",
+                          "--cfg", "-c"}
+
+
+def _split_args(args: list[str]) -> tuple[list[str], list[str], bool]:
+    flags, overrides, multirun = [], [], False
+    it = iter(args)
+    for a in it:
+        if a in ("-m", "--multirun"):
+            multirun = True
+            flags.append(a)
+        elif a.startswith("-"):
+            flags.append(a)
+            if a in HYDRA_FLAGS_WITH_VALUE and a not in ("--info", "-i"):
+                flags.append(next(it, ""))
+        else:
+            overrides.append(a)
+    return flags, overrides, multirun
+
+
+def _check_group_choices(overrides: list[str]) -> None:
+    """One-line errors for unknown config-group options (estimator=foo, ...)."""
+    from .config import ConfigError
+    from .paths import CONF_DIR
+
+    for o in overrides:
+        key, sep, value = o.lstrip("+~").partition("=")
+        if not sep or key not in GROUPS:
+            continue
+        folder = CONF_DIR / key
+        allowed = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+        if key == "hydra/launcher":
+            continue  # Hydra's own plugins live outside conf/
+        for v in _sweep_values(value):
+            if v not in allowed:
+                raise ConfigError(f"unknown {key} {v!r}; allowed: {', '.join(allowed)}")
+
+
+def _sweep_values(value: str) -> list[str]:
+    value = value.strip()
+    if value.startswith("choice(") and value.endswith(")"):
+        value = value[len("choice("):-1]
+    return [v.strip().strip("'\"") for v in value.split(",") if v.strip()]
+
+
+def job_configs(overrides: list[str], multirun: bool) -> list[dict]:
+    """Compose every job's config as Hydra will (sweeps expanded), resolved."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from .paths import CONF_DIR
+
+    parser = OverridesParser.create()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        if not multirun:
+            jobs = [overrides]
+        else:
+            # sweep parameters an experiment sets, then the command line (which wins)
+            plain = [s for s, o in zip(overrides, parser.parse_overrides(overrides))
+                     if not o.is_sweep_override()]
+            base = compose("config", overrides=plain, return_hydra_config=True)
+            params = OmegaConf.select(base, "hydra.sweeper.params") or {}
+            args = [f"{k}={v}" for k, v in params.items()] + overrides
+            batches = BasicSweeper.split_arguments(parser.parse_overrides(args), None)
+            jobs = [job for batch in batches for job in batch]
+        out = []
+        for job in jobs:
+            cfg = compose("config", overrides=list(job))
+            out.append(OmegaConf.to_container(cfg, resolve=True))
+        return out
+
+
+def _one_line(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    if lines[0].startswith("Could not override") and "'" in lines[0]:
+        key = lines[0].split("'")[1]
+        return (f"unknown config key {key} (no such option; check the spelling, "
+                f"or add a new key with +{key}=...)")
+    return " ".join(lines[:2]) if len(lines) > 1 and len(lines[0]) < 40 else lines[0]
+
+
+def cmd_run(args: list[str]) -> int:
+    from .config import ConfigError, validate
+
+    flags, overrides, multirun = _split_args(args)
+    info_only = any(f in ("--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help")
+                    for f in flags)
+    if not info_only:
+        try:
+            _check_group_choices(overrides)
+            configs = job_configs(overrides, multirun)
+            for c in configs:
+                validate(c)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except Exception as e:  # Hydra's own composition/override errors
+            print(f"error: {_one_line(e)}", file=sys.stderr)
+            return 2
+        if multirun:
+            print(f"bench: {len(configs)} jobs checked; starting the grid", file=sys.stderr)
+    from . import app
+
+    sys.argv = ["bench run", *flags, *overrides]
+    app.main()
+    return 0
+
+
+def cmd_report(args: list[str]) -> int:
+    from .report import main as report_main
+
+    return report_main(args)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if argv else 2
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "run":
+        return cmd_run(rest)
+    if cmd == "report":
+        return cmd_report(rest)
+    print(f"error: unknown command {cmd!r}; allowed: run, report", file=sys.stderr)
+    return 2

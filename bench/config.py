@@ -1,0 +1,112 @@
+"""Checking a composed config before any training, and its identity hash."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from types import SimpleNamespace
+
+import torch
+
+import estimators
+import tasks
+from tasks import datasets
+
+
+class ConfigError(ValueError):
+    """A bad setting; the message is one line naming the key."""
+
+
+# keys that do not change the numbers a run produces
+NON_SEMANTIC = ("results_dir", "data_dir", "skip_complete", "progress", "threads")
+
+
+def config_hash(cfg: dict) -> str:
+    ident = {k: v for k, v in cfg.items() if k not in NON_SEMANTIC}
+    return hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _int(cfg, key, minimum):
+    v = _get(cfg, key)
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise ConfigError(f"{key} must be an integer >= {minimum}, got {v!r}")
+    return v
+
+
+def _pos_float(cfg, key):
+    v = _get(cfg, key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+        raise ConfigError(f"{key} must be a number > 0, got {v!r}")
+    return float(v)
+
+
+def _get(cfg, key):
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"missing config key {key}")
+        node = node[part]
+    return node
+
+
+def _split_named(cfg: dict, group: str) -> tuple[str, dict]:
+    sub = dict(cfg.get(group) or {})
+    if "name" not in sub:
+        raise ConfigError(f"{group}.name is missing")
+    name = sub.pop("name")
+    return name, sub
+
+
+def build_estimator(cfg: dict):
+    name, kwargs = _split_named(cfg, "estimator")
+    return estimators.get(name, **kwargs)
+
+
+def check_device(device: str) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device must be cpu, cuda or cuda:N, got {device!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be cpu, cuda or cuda:N, got {device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={device} but no CUDA device is available here; use device=cpu")
+    return dev
+
+
+def validate(cfg: dict) -> None:
+    """Raise a one-line error for anything that would fail or mislead later."""
+    try:
+        _int(cfg, "seed", 0)
+        _int(cfg, "train.steps", 1)
+        _int(cfg, "train.batch_size", 1)
+        _pos_float(cfg, "train.lr")
+        _int(cfg, "train.check_every", 1)
+        _int(cfg, "eval.every", 1)
+        _int(cfg, "eval.batch_size", 1)
+        _int(cfg, "eval.nll_samples", 0)
+        if _int(cfg, "eval.grad_samples", 0) == 1:
+            raise ConfigError("eval.grad_samples must be 0 (off) or >= 2, got 1")
+        if cfg.get("threads") is not None:
+            _int(cfg, "threads", 1)
+        check_device(str(_get(cfg, "device")))
+        est = build_estimator(cfg)
+        task_name, task_kwargs = _split_named(cfg, "task")
+        cls = tasks.get_class(task_name)
+        allowed = [p for p in inspect.signature(cls.__init__).parameters
+                   if p not in ("self", "data", "device")]
+        unknown = sorted(set(task_kwargs) - set(allowed))
+        if unknown:
+            raise ConfigError(f"task.{unknown[0]} is not an option of {task_name!r}; "
+                              f"allowed: {', '.join(allowed)}")
+        ds_name = _get(cfg, "dataset.name")
+        if ds_name not in datasets.names():
+            raise ConfigError(f"unknown dataset {ds_name!r}; allowed: {', '.join(datasets.names())}")
+        # build the task on a 1-pixel stand-in for the data: checks its options cheaply
+        stub = SimpleNamespace(dim=1, num_classes=10, image_shape=(1, 1))
+        task = cls(data=stub, device="cpu", **task_kwargs)
+        est.check_latents(*task.latent_shape)
+        datasets.check_available(cfg["dataset"], cfg.get("data_dir"))
+    except (estimators.EstimatorConfigError, tasks.TaskConfigError, datasets.DataError) as e:
+        raise ConfigError(str(e)) from None

@@ -1,0 +1,153 @@
+"""One training run: data on the device, the estimator's objective, evaluation
+on the discrete model, rows into the results store."""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import subprocess
+import time
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+import tasks
+from tasks import datasets
+
+from .config import build_estimator, check_device, config_hash, validate
+from .results import Store
+
+log = logging.getLogger("bench")
+
+
+@lru_cache(maxsize=1)
+def git_sha() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        res = subprocess.run(["git", "-C", str(here), "rev-parse", "--verify", "-q", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+        sha = res.stdout.strip() if res.returncode == 0 else ""
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (sha or "unknown") + ("+dirty" if sha and dirty else "")
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _fmt_eta(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def run(cfg: dict) -> str:
+    """Train and evaluate one config; returns its status (complete, diverged, skipped)."""
+    validate(cfg)
+    h = config_hash(cfg)
+    store = Store(cfg["results_dir"])
+    label = (f"{cfg['estimator']['name']}|{cfg['task']['name']}|{cfg['dataset']['name']}"
+             f"|seed={cfg['seed']}")
+    if cfg.get("skip_complete", True) and (done := store.status(h)):
+        log.info(f"[{label}] skipped: config {h} already {done} in {store.root}")
+        return "skipped"
+
+    device = check_device(str(cfg["device"]))
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    torch.manual_seed(int(cfg["seed"]))
+    data = datasets.load(cfg["dataset"], cfg.get("data_dir"), device)
+    task = tasks.build(cfg["task"], data, device)
+    est = build_estimator(cfg)
+    est.check_latents(*task.latent_shape)
+    params = [p for p in task.parameters()]
+    opt = torch.optim.Adam(params, lr=float(cfg["train"]["lr"]))
+
+    meta = {"estimator": cfg["estimator"]["name"], "task": cfg["task"]["name"],
+            "dataset": cfg["dataset"]["name"], "seed": cfg["seed"],
+            "temperature": est.describe().get("temperature", math.nan),
+            "device": str(device), "git_sha": git_sha(), "config": cfg,
+            "torch": torch.__version__}
+    rec = store.start(h, meta)
+    log.info(f"[{label}] run {rec.run_id} -> {rec.dir}")
+
+    tr, ev = cfg["train"], cfg["eval"]
+    steps, bs = int(tr["steps"]), int(tr["batch_size"])
+    n = data.size("train")
+    if bs > n:
+        bs = n
+    check_every = int(tr.get("check_every", 1))
+    every = int(ev["every"])
+    grad_m = int(ev.get("grad_samples", 0))
+    x_fixed = data.eval_split("train")[:bs]  # the fixed minibatch for grad_var
+    t_start = time.perf_counter()
+    times: list[float] = []
+    obj_sum = torch.zeros((), device=device)
+    obj_count = 0
+    last_print = t_start
+
+    def evaluate(step: int, final: bool) -> None:
+        nonlocal obj_sum, obj_count
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(int(cfg["seed"]) * 1_000_003 + step)
+            metrics = task.evaluate(data, ev, final=final)
+            if grad_m:
+                gv = task.grad_variance(x_fixed, est, grad_m)
+                metrics["grad_var"] = gv
+                metrics["log10_grad_var"] = math.log10(gv) if gv > 0 else -math.inf
+        metrics["temperature"] = getattr(est, "temperature", math.nan)
+        if obj_count:
+            metrics["train_objective"] = obj_sum.item() / obj_count
+            obj_sum, obj_count = torch.zeros((), device=device), 0
+        if times:
+            metrics["step_time_s"] = statistics.median(times)
+        wall = time.perf_counter() - t_start
+        if final:
+            metrics["wall_s"] = wall
+        rec.write(step, metrics, wall)
+        shown = " ".join(f"{k}={metrics[k]:.3f}" for k in ("test_neg_elbo", "test_nll")
+                         if k in metrics)
+        log.info(f"[{label}] step {step}/{steps} {shown}")
+
+    if ev.get("at_start", True):
+        evaluate(0, final=False)
+    pos, perm = n, None
+    task.train()
+    for step in range(1, steps + 1):
+        t0 = time.perf_counter()
+        if pos + bs > n:
+            perm, pos = torch.randperm(n, device=device), 0
+        idx = perm[pos:pos + bs]
+        pos += bs
+        est.set_step(step - 1)
+        obj, _ = task.loss(data.train_batch(idx), est)
+        opt.zero_grad(set_to_none=True)
+        obj.backward()
+        opt.step()
+        obj_sum += obj.detach()
+        obj_count += 1
+        if step % check_every == 0 and not torch.isfinite(obj_sum):
+            log.warning(f"[{label}] diverged: non-finite objective at step {step}")
+            rec.write(step, {"diverged": step}, time.perf_counter() - t_start)
+            rec.finish("diverged", step=step)
+            return "diverged"
+        _sync(device)
+        t1 = time.perf_counter()
+        times.append(t1 - t0)
+        if step % every == 0 or step == steps:
+            evaluate(step, final=step == steps)
+            t1 = last_print = time.perf_counter()
+        elif t1 - last_print >= float(cfg.get("progress", {}).get("every_s", 10)):
+            rate = step / (t1 - t_start)
+            log.info(f"[{label}] step {step}/{steps} ({100 * step / steps:.0f}%) "
+                     f"{rate:.1f} steps/s ETA {_fmt_eta((steps - step) / rate)}")
+            last_print = t1
+    rec.finish("complete", wall_s=time.perf_counter() - t_start)
+    log.info(f"[{label}] complete in {time.perf_counter() - t_start:.1f}s")
+    return "complete"

@@ -1,0 +1,231 @@
+"""The estimator contract, the registry and shared sampling helpers.
+
+An estimator turns unnormalised logits of shape (B, N, K) -- N independent
+K-way categorical variables per example -- and a loss ``f`` into
+
+* ``out.loss``: (B,) the value of ``f`` at the sample drawn, and
+* ``out.surrogate``: a scalar whose ``backward()`` gives the estimator's estimate
+  of the gradient of ``mean_b E_{z_b ~ q(logits_b)} f(z)_b`` (of the relaxed
+  objective, for relaxed estimators) with respect to the logits and to every
+  parameter ``f`` closes over.
+
+``f`` maps samples of shape (*S, B, N, K) to losses of shape (*S, B).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+LossFn = Callable[[Tensor], Tensor]
+
+_REGISTRY: dict[str, type["Estimator"]] = {}
+
+
+class EstimatorConfigError(ValueError):
+    """A bad estimator name or setting; its message is one line naming the key."""
+
+
+@dataclass
+class EstimatorOutput:
+    loss: Tensor  # (B,) f at the sample(s) drawn (mean over sample dims if several)
+    surrogate: Tensor  # scalar; backward() gives the gradient estimate
+    sample: Tensor | None = None  # what was passed to f
+    log_sample: Tensor | None = None  # log-space relaxed sample (Concrete estimators)
+
+
+def register(name: str):
+    """Class decorator: make an estimator available as ``estimators.get(name)``."""
+
+    def deco(cls):
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise EstimatorConfigError(f"estimator name {name!r} registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_class(name: str) -> type["Estimator"]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise EstimatorConfigError(
+            f"unknown estimator {name!r}; allowed: {', '.join(names())}"
+        ) from None
+
+
+def get(name: str, **kwargs) -> "Estimator":
+    cls = get_class(name)
+    allowed = cls.options()
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise EstimatorConfigError(
+            f"estimator.{unknown[0]} is not an option of {name!r}; "
+            f"allowed: {', '.join(allowed) or '(none)'}"
+        )
+    return cls(**kwargs)
+
+
+class Estimator:
+    """Base class. Subclasses implement ``estimate(logits, f)``.
+
+    Class attributes describe what the generic tests check:
+
+    * ``unbiased``: the surrogate's gradient is unbiased for the discrete objective;
+    * ``relaxed``: it is unbiased for the Gumbel-Softmax relaxed objective at
+      temperature ``self.temperature``;
+    * ``hard_forward``: ``f`` only ever sees one-hot samples;
+    * ``binary_only``: refuses K > 2;
+    * ``kl``: ``"categorical"`` (analytic KL of the discrete model) or
+      ``"concrete"`` (the estimator computes the relaxed KL, ``relaxed_kl``).
+    """
+
+    name: ClassVar[str] = "?"
+    unbiased: ClassVar[bool] = False
+    relaxed: ClassVar[bool] = False
+    hard_forward: ClassVar[bool] = False
+    binary_only: ClassVar[bool] = False
+    kl: ClassVar[str] = "categorical"
+
+    def __init__(self):
+        self.training = True  # False: stateful estimators freeze their state
+        self.step = 0
+
+    @classmethod
+    def options(cls) -> list[str]:
+        params = inspect.signature(cls.__init__).parameters
+        return [p for p in params if p != "self"]
+
+    # --- the contract -------------------------------------------------------
+    def __call__(self, logits: Tensor, f: LossFn) -> EstimatorOutput:
+        if logits.dim() != 3:
+            raise EstimatorConfigError(
+                f"logits must have shape (B, N, K), got {tuple(logits.shape)}"
+            )
+        self.check_categories(logits.shape[-1])
+        return self.estimate(logits, f)
+
+    def estimate(self, logits: Tensor, f: LossFn) -> EstimatorOutput:
+        raise NotImplementedError
+
+    # --- hooks used by the runner ------------------------------------------
+    def check_categories(self, k: int) -> None:
+        if k < 2:
+            raise EstimatorConfigError(f"task.categories must be >= 2, got {k}")
+        if self.binary_only and k != 2:
+            raise EstimatorConfigError(
+                f"estimator {self.name!r} is binary-only (K=2) but task.categories={k}"
+            )
+
+    def check_latents(self, n: int, k: int) -> None:
+        """Refuse, before any training, a latent space this estimator cannot handle."""
+        self.check_categories(k)
+
+    def set_step(self, step: int) -> None:
+        """Called by the training loop before each step (temperature schedules)."""
+        self.step = step
+
+    @contextlib.contextmanager
+    def frozen(self):
+        """Draw estimates without updating internal state (baselines etc.)."""
+        old, self.training = self.training, False
+        try:
+            yield self
+        finally:
+            self.training = old
+
+    def extra_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters the estimator owns (control variates); trained by itself."""
+        return []
+
+    def describe(self) -> dict:
+        return {"temperature": getattr(self, "temperature", float("nan"))}
+
+
+class Temperature:
+    """tau_t = max(tau_min, tau0 * exp(-rate * t_n)), t_n = t rounded down to a
+    multiple of ``every`` (Jang et al. 2017's annealing schedule)."""
+
+    def __init__(self, temperature: float, anneal_rate: float = 0.0,
+                 anneal_every: int = 1000, min_temperature: float | None = None,
+                 key: str = "estimator.temperature"):
+        check_positive(key, temperature)
+        if anneal_rate < 0:
+            raise EstimatorConfigError(f"estimator.anneal_rate must be >= 0, got {anneal_rate}")
+        if int(anneal_every) < 1:
+            raise EstimatorConfigError(f"estimator.anneal_every must be >= 1, got {anneal_every}")
+        if min_temperature is not None:
+            check_positive("estimator.min_temperature", min_temperature)
+        self.tau0 = float(temperature)
+        self.rate = float(anneal_rate)
+        self.every = int(anneal_every)
+        self.tau_min = float(min_temperature) if min_temperature is not None else 0.0
+
+    def at(self, step: int) -> float:
+        if self.rate == 0.0:
+            return self.tau0
+        t = (step // self.every) * self.every
+        return max(self.tau_min, self.tau0 * math.exp(-self.rate * t))
+
+
+def check_positive(key: str, value) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise EstimatorConfigError(f"{key} must be a number > 0, got {value!r}") from None
+    if not v > 0 or math.isinf(v):
+        raise EstimatorConfigError(f"{key} must be a finite number > 0, got {value!r}")
+    return v
+
+
+class TemperatureEstimator(Estimator):
+    """An estimator with a (possibly annealed) temperature."""
+
+    def __init__(self, temperature: float = 1.0, anneal_rate: float = 0.0,
+                 anneal_every: int = 1000, min_temperature: float = 0.5):
+        super().__init__()
+        self.schedule = Temperature(temperature, anneal_rate, anneal_every, min_temperature)
+        self.temperature = self.schedule.at(0)
+
+    def set_step(self, step: int) -> None:
+        super().set_step(step)
+        self.temperature = self.schedule.at(step)
+
+    def describe(self) -> dict:
+        return {"temperature": self.schedule.tau0}
+
+
+# --- sampling helpers -------------------------------------------------------
+
+def gumbel_like(logits: Tensor) -> Tensor:
+    """Gumbel(0, 1) noise from uniforms clamped away from 0 and 1 (never log 0)."""
+    finfo = torch.finfo(logits.dtype)
+    u = torch.rand_like(logits).clamp_(finfo.tiny, 1.0 - finfo.eps)
+    return -torch.log(-torch.log(u))
+
+
+def one_hot_argmax(x: Tensor) -> Tensor:
+    return F.one_hot(x.argmax(-1), x.shape[-1]).to(x.dtype)
+
+
+def sample_one_hot(logits: Tensor) -> Tensor:
+    """An exact sample from Categorical(softmax(logits)) as a one-hot (Gumbel-max)."""
+    return one_hot_argmax(logits + gumbel_like(logits))
+
+
+def log_prob_one_hot(logits: Tensor, z: Tensor) -> Tensor:
+    """log q(z) summed over the N variables: (..., B, N, K) -> (..., B)."""
+    return (torch.log_softmax(logits, -1) * z).sum((-1, -2))

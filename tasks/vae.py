@@ -1,0 +1,173 @@
+"""Discrete VAEs (Jang et al. 2017, section 4.2): N independent K-way latents,
+uniform (or learned) prior, Bernoulli likelihood, MLP encoder/decoder
+(784-512-256 and 256-512-784 by default, the input size following the data).
+
+``bernoulli_vae``: N = 200, K = 2. ``categorical_vae``: N = 20, K = 10.
+
+Training objective: the estimator's surrogate of E_q[-log p(x|z)] plus the KL
+it pairs with (analytic categorical KL, or the relaxed Concrete KL). Every
+metric is computed on the discrete model: hard samples, analytic KL.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from estimators import categorical_kl
+from estimators.base import sample_one_hot
+
+from .base import TaskConfigError, register
+
+_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU}
+
+
+def mlp(sizes: list[int], activation: str) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(_ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
+def _int_list(key: str, value) -> list[int]:
+    try:
+        out = [int(v) for v in value]
+    except (TypeError, ValueError):
+        raise TaskConfigError(f"{key} must be a list of positive integers, got {value!r}") from None
+    if any(v < 1 for v in out):
+        raise TaskConfigError(f"{key} must be a list of positive integers, got {value!r}")
+    return out
+
+
+def _positive_int(key: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise TaskConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+@register("bernoulli_vae")
+@register("categorical_vae")
+class VAE(nn.Module):
+    def __init__(self, data, device="cpu", latents: int = 20, categories: int = 10,
+                 encoder_hidden=(512, 256), decoder_hidden=(256, 512),
+                 activation: str = "relu", learn_prior: bool = False):
+        super().__init__()
+        self.n = _positive_int("task.latents", latents)
+        self.k = _positive_int("task.categories", categories, minimum=2)
+        if activation not in _ACTIVATIONS:
+            raise TaskConfigError(
+                f"task.activation must be one of {', '.join(_ACTIVATIONS)}; got {activation!r}")
+        dim = data.dim
+        nk = self.n * self.k
+        self.encoder = mlp([dim, *_int_list("task.encoder_hidden", encoder_hidden), nk], activation)
+        self.decoder = mlp([nk, *_int_list("task.decoder_hidden", decoder_hidden), dim], activation)
+        self.prior_logits = nn.Parameter(torch.zeros(self.n, self.k)) if learn_prior else None
+        self.to(device)
+
+    @property
+    def latent_shape(self) -> tuple[int, int]:
+        return self.n, self.k
+
+    def encoder_parameters(self):
+        return list(self.encoder.parameters())
+
+    # --- model pieces -------------------------------------------------------
+    def logits(self, x):
+        return self.encoder(x).view(x.shape[0], self.n, self.k)
+
+    def recon(self, x, z):
+        """-log p(x|z), z of shape (*S, B, N, K) -> (*S, B)."""
+        out = self.decoder(z.flatten(-2))
+        return F.binary_cross_entropy_with_logits(
+            out, x.expand_as(out), reduction="none").sum(-1)
+
+    def log_prior(self):
+        if self.prior_logits is None:
+            return None
+        return torch.log_softmax(self.prior_logits, -1)
+
+    def kl(self, estimator, out, logits):
+        if estimator.kl == "concrete":
+            return estimator.relaxed_kl(out, logits, self.prior_logits)
+        return categorical_kl(logits, self.prior_logits)
+
+    # --- training -----------------------------------------------------------
+    def loss(self, x, estimator):
+        logits = self.logits(x)
+        out = estimator(logits, lambda z: self.recon(x, z))
+        return out.surrogate + self.kl(estimator, out, logits).mean(), out
+
+    # --- evaluation on the discrete model ------------------------------------
+    @torch.no_grad()
+    def neg_elbo(self, x):
+        logits = self.logits(x)
+        z = sample_one_hot(logits)
+        return self.recon(x, z) + categorical_kl(logits, self.prior_logits)
+
+    @torch.no_grad()
+    def nll(self, x, samples: int, max_floats: float = 2e7):
+        """Importance-sampled -log p(x) with ``samples`` draws from q(z|x)."""
+        logits = self.logits(x)
+        log_q = torch.log_softmax(logits, -1)
+        log_p = self.log_prior()
+        if log_p is None:
+            log_p = torch.full_like(log_q[0], -math.log(self.k))
+        chunk = max(1, int(max_floats // (x.shape[0] * x.shape[1])))
+        ws = []
+        for s0 in range(0, samples, chunk):
+            s = min(chunk, samples - s0)
+            z = sample_one_hot(logits.expand(s, *logits.shape))
+            ws.append(-self.recon(x, z) + (z * (log_p - log_q)).sum((-1, -2)))
+        w = torch.cat(ws, 0)
+        return -(torch.logsumexp(w, 0) - math.log(samples))
+
+    def _batched_mean(self, fn, x, batch_size):
+        total = 0.0
+        for i in range(0, x.shape[0], batch_size):
+            total += fn(x[i:i + batch_size]).double().sum().item()
+        return total / x.shape[0]
+
+    def evaluate(self, data, eval_cfg, final: bool = False) -> dict[str, float]:
+        bs = int(eval_cfg.get("batch_size", 1000))
+        was = self.training
+        self.eval()
+        train = data.eval_split("train")[: int(eval_cfg.get("train_subset", 10000))]
+        out = {
+            "train_neg_elbo": self._batched_mean(self.neg_elbo, train, bs),
+            "valid_neg_elbo": self._batched_mean(self.neg_elbo, data.eval_split("valid"), bs),
+            "test_neg_elbo": self._batched_mean(self.neg_elbo, data.eval_split("test"), bs),
+        }
+        s = int(eval_cfg.get("nll_samples", 0))
+        if s > 0 and (final or eval_cfg.get("nll_every_eval", False)):
+            out["test_nll"] = self._batched_mean(
+                lambda xb: self.nll(xb, s), data.eval_split("test"), max(1, bs // 10))
+        self.train(was)
+        return out
+
+    def grad_variance(self, x, estimator, m: int) -> float:
+        """Mean over encoder parameters of the variance, across m independent
+        estimates on the minibatch x, of the estimator's gradient.
+
+        The encoder is run once; the m estimates differ only in the samples, so
+        each one's gradient w.r.t. the logits is taken from one estimator call on
+        m stacked copies of the batch, and pulled back to the encoder parameters
+        by m vector-Jacobian products batched in one backward pass.
+        """
+        b = x.shape[0]
+        logits = self.logits(x)
+        rep = logits.detach().repeat(m, 1, 1).requires_grad_(True)
+        x_rep = x.repeat(m, 1)
+        with estimator.frozen():
+            out = estimator(rep, lambda z: self.recon(x_rep, z))
+            obj = out.surrogate + self.kl(estimator, out, rep).mean()
+        (g,) = torch.autograd.grad(obj * m, rep)
+        g = g.view(m, b, self.n, self.k)
+        params = self.encoder_parameters()
+        grads = torch.autograd.grad(logits, params, grad_outputs=g, is_grads_batched=True)
+        total = sum(gp.var(0).sum().item() for gp in grads)
+        return total / sum(p.numel() for p in params)
