@@ -11,6 +11,7 @@ import sys
 
 USAGE = """usage: python -m bench run [HYDRA OVERRIDES...]      train (add -m for a grid)
        python -m bench report [RESULTS_DIR] [--out DIR]   tables from stored results
+       python -m bench check [--update]                   gradient-variance regression gate
 
 examples:
   python -m bench run estimator=gumbel_softmax task=categorical_vae
@@ -139,14 +140,21 @@ def cmd_report(args: list[str]) -> int:
     return report_main(args)
 
 
+def cmd_check(args: list[str]) -> int:
+    from .check import main as check_main
+
+    return check_main(args)
+
+
+COMMANDS = {"run": cmd_run, "report": cmd_report, "check": cmd_check}
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
-    if cmd == "run":
-        return cmd_run(rest)
-    if cmd == "report":
-        return cmd_report(rest)
-    print(f"error: unknown command {cmd!r}; allowed: run, report", file=sys.stderr)
+    if cmd in COMMANDS:
+        return COMMANDS[cmd](rest)
+    print(f"error: unknown command {cmd!r}; allowed: {', '.join(COMMANDS)}", file=sys.stderr)
     return 2
