@@ -4,6 +4,7 @@ Layout under the results directory::
 
     runs/<config_hash>/<run_id>/meta.json             the run's config, written at start
     runs/<config_hash>/<run_id>/rows-<step>.csv       one file per evaluation step
+    runs/<config_hash>/<run_id>/model.pt              the final model's state_dict
     runs/<config_hash>/<run_id>/status.json           written once the run has ended
 
 Every file is written to a temporary name and renamed into place, so a reader
@@ -84,6 +85,14 @@ class Run:
             w.writerow({**self.base, "step": step, "metric": name,
                         "value": repr(float(value)), "wall_s": f"{wall_s:.4f}"})
         atomic_write(self.dir / f"rows-{step:010d}.csv", buf.getvalue())
+
+    def save_model(self, state_dict) -> None:
+        """The final model's state_dict as ``model.pt`` (written atomically)."""
+        import torch
+
+        tmp = self.dir / ".tmp-model.pt"
+        torch.save(state_dict, tmp)
+        os.replace(tmp, self.dir / "model.pt")
 
     def finish(self, status: str, **info) -> None:
         atomic_write(self.dir / "status.json",

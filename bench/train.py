@@ -148,6 +148,8 @@ def run(cfg: dict) -> str:
             log.info(f"[{label}] step {step}/{steps} ({100 * step / steps:.0f}%) "
                      f"{rate:.1f} steps/s ETA {_fmt_eta((steps - step) / rate)}")
             last_print = t1
+    if tr.get("save_model", True) and isinstance(task, torch.nn.Module):
+        rec.save_model(task.state_dict())
     rec.finish("complete", wall_s=time.perf_counter() - t_start)
     log.info(f"[{label}] complete in {time.perf_counter() - t_start:.1f}s")
     return "complete"
