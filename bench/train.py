@@ -47,6 +47,44 @@ def _fmt_eta(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def make_optimizer(params, lr: float):
+    params = list(params)
+    try:  # one fused kernel for the whole update where this torch build has it
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr)
+
+
+class Trainer:
+    """The training step: the dataset stays on the device as one tensor and is
+    walked by a fresh randperm each epoch (no DataLoader); one estimator call,
+    one backward, one Adam update."""
+
+    def __init__(self, task, est, data, batch_size: int, lr: float):
+        self.task, self.est, self.data = task, est, data
+        self.n = data.size("train")
+        self.batch_size = min(int(batch_size), self.n)
+        self.opt = make_optimizer(task.parameters(), lr)
+        self.device = data.splits["train"].device
+        self.pos, self.perm = self.n, None
+
+    def next_batch(self):
+        if self.pos + self.batch_size > self.n:
+            self.perm, self.pos = torch.randperm(self.n, device=self.device), 0
+        idx = self.perm[self.pos:self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return self.data.train_batch(idx)
+
+    def step(self, step: int) -> torch.Tensor:
+        """One update; returns the (detached) training objective."""
+        self.est.set_step(step)
+        obj, _ = self.task.loss(self.next_batch(), self.est)
+        self.opt.zero_grad(set_to_none=True)
+        obj.backward()
+        self.opt.step()
+        return obj.detach()
+
+
 def run(cfg: dict) -> str:
     """Train and evaluate one config; returns its status (complete, diverged, skipped)."""
     validate(cfg)
@@ -66,8 +104,7 @@ def run(cfg: dict) -> str:
     task = tasks.build(cfg["task"], data, device)
     est = build_estimator(cfg)
     est.check_latents(*task.latent_shape)
-    params = [p for p in task.parameters()]
-    opt = torch.optim.Adam(params, lr=float(cfg["train"]["lr"]))
+    trainer = Trainer(task, est, data, int(cfg["train"]["batch_size"]), float(cfg["train"]["lr"]))
 
     meta = {"estimator": cfg["estimator"]["name"], "task": cfg["task"]["name"],
             "dataset": cfg["dataset"]["name"], "seed": cfg["seed"],
@@ -78,10 +115,7 @@ def run(cfg: dict) -> str:
     log.info(f"[{label}] run {rec.run_id} -> {rec.dir}")
 
     tr, ev = cfg["train"], cfg["eval"]
-    steps, bs = int(tr["steps"]), int(tr["batch_size"])
-    n = data.size("train")
-    if bs > n:
-        bs = n
+    steps, bs = int(tr["steps"]), trainer.batch_size
     check_every = int(tr.get("check_every", 1))
     every = int(ev["every"])
     grad_m = int(ev.get("grad_samples", 0))
@@ -117,20 +151,10 @@ def run(cfg: dict) -> str:
 
     if ev.get("at_start", True):
         evaluate(0, final=False)
-    pos, perm = n, None
     task.train()
     for step in range(1, steps + 1):
         t0 = time.perf_counter()
-        if pos + bs > n:
-            perm, pos = torch.randperm(n, device=device), 0
-        idx = perm[pos:pos + bs]
-        pos += bs
-        est.set_step(step - 1)
-        obj, _ = task.loss(data.train_batch(idx), est)
-        opt.zero_grad(set_to_none=True)
-        obj.backward()
-        opt.step()
-        obj_sum += obj.detach()
+        obj_sum += trainer.step(step - 1)
         obj_count += 1
         if step % check_every == 0 and not torch.isfinite(obj_sum):
             log.warning(f"[{label}] diverged: non-finite objective at step {step}")

@@ -1,0 +1,189 @@
+"""Throughput of the training step, measured against two references in one process.
+
+    python -m bench.speed [--steps 300] [--rounds 5] [--threads 1] [--estimator gumbel_softmax]
+                          [--data_dir DIR] [--device cpu] [--out FILE]
+
+Categorical VAE 20x10 (784-512-256-200 / 200-256-512-784), batch 100:
+
+  runner  this suite's Trainer (bench.train): data resident on the device, randperm batches,
+          the estimator contract, fused Adam;
+  plain   a plain implementation of the same model and loss: TensorDataset + DataLoader
+          (shuffle), nn.Sequential, F.gumbel_softmax, torch.optim.Adam defaults;
+  matmul  only the step's 17 matrix products (6 forward, 11 backward) on preallocated
+          tensors: an upper bound on steps/s for any implementation.
+
+The three are timed in interleaved rounds, so load on the machine hits all alike; the
+median over rounds is reported with the ratios runner/plain and runner/matmul.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+N_LAT, K, BATCH, DIM = 20, 10, 100, 784
+ENC, DEC = [DIM, 512, 256, N_LAT * K], [N_LAT * K, 256, 512, DIM]
+
+
+def load_train(data_dir, device):
+    from tasks import datasets
+
+    try:
+        d = datasets.load({"name": "binarized_mnist"}, data_dir, device)
+        return d, "binarized_mnist"
+    except datasets.DataError:
+        g = torch.Generator().manual_seed(0)
+        x = (torch.rand(50000, DIM, generator=g) < 0.13).float()
+        d = datasets.Data(name="synthetic", splits={"train": x.to(device), "valid": x[:100],
+                                                    "test": x[:100]})
+        return d, "synthetic (binarized_mnist not found; same shapes)"
+
+
+def runner_steps(data, estimator, device):
+    import estimators
+    import tasks
+    from bench.train import Trainer
+
+    torch.manual_seed(0)
+    task = tasks.build({"name": "categorical_vae", "latents": N_LAT, "categories": K}, data, device)
+    est = estimators.get(estimator)
+    trainer = Trainer(task, est, data, BATCH, 1e-3)
+    state = {"t": 0}
+
+    def run(n):
+        for _ in range(n):
+            trainer.step(state["t"])
+            state["t"] += 1
+    return run
+
+
+def plain_steps(data, device):
+    torch.manual_seed(0)
+
+    def mlp(sizes):
+        layers = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers += [nn.Linear(a, b)] + ([nn.ReLU()] if i < len(sizes) - 2 else [])
+        return nn.Sequential(*layers)
+
+    enc, dec = mlp(ENC).to(device), mlp(DEC).to(device)
+    opt = torch.optim.Adam(list(enc.parameters()) + list(dec.parameters()), lr=1e-3)
+    ds = torch.utils.data.TensorDataset(data.splits["train"].cpu())
+    loader = torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=True, drop_last=True)
+    it = {"i": iter(loader)}
+
+    def batch():
+        try:
+            return next(it["i"])[0]
+        except StopIteration:
+            it["i"] = iter(loader)
+            return next(it["i"])[0]
+
+    def run(n):
+        for _ in range(n):
+            x = batch().to(device)
+            logits = enc(x).view(-1, N_LAT, K)
+            z = F.gumbel_softmax(logits, tau=1.0)
+            recon = F.binary_cross_entropy_with_logits(dec(z.view(-1, N_LAT * K)), x,
+                                                       reduction="none").sum(1)
+            q = logits.softmax(-1)
+            kl = (q * (q.clamp_min(1e-20).log() + torch.log(torch.tensor(float(K))))).sum((1, 2))
+            loss = (recon + kl).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return run
+
+
+def matmul_steps(device):
+    g = torch.Generator().manual_seed(0)
+
+    def t(*shape):
+        return torch.randn(*shape, generator=g).to(device)
+
+    prods = []
+    for sizes, first in ((ENC, True), (DEC, False)):
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            x, w, gy = t(BATCH, a), t(b, a), t(BATCH, b)
+            prods.append((x, w.t(), t(BATCH, b)))  # forward   y = x W^T
+            prods.append((gy.t(), x, t(b, a)))  # backward  dW = dy^T x
+            if not (first and i == 0):  # no gradient w.r.t. the data
+                prods.append((gy, w, t(BATCH, a)))  # backward  dx = dy W
+    assert len(prods) == 17
+
+    def run(n):
+        for _ in range(n):
+            for a, b, out in prods:
+                torch.mm(a, b, out=out)
+    return run
+
+
+def measure(fns: dict, steps: int, rounds: int, device, clock=time.perf_counter) -> dict:
+    rates = {k: [] for k in fns}
+    for fn in fns.values():
+        fn(max(5, steps // 10))  # warm up
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = clock()
+            fn(steps)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            rates[name].append(steps / (clock() - t0))
+    return {k: statistics.median(v) for k, v in rates.items()}, rates
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.speed", description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--estimator", default="gumbel_softmax")
+    ap.add_argument("--data_dir", default=os.environ.get("BENCH_DATA_DIR", "data"))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="cpu: this thread's CPU time (robust to other load on the machine; "
+                         "CPU device with one thread only)")
+    ap.add_argument("--out", default=None, help="also write the figures as JSON here")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
+    data, source = load_train(a.data_dir, device)
+    fns = {"runner": runner_steps(data, a.estimator, device),
+           "plain": plain_steps(data, device),
+           "matmul": matmul_steps(device)}
+    if a.clock == "cpu" and (device.type != "cpu" or a.threads != 1):
+        ap.error("--clock cpu needs --device cpu and --threads 1")
+    clock = time.thread_time if a.clock == "cpu" else time.perf_counter
+    med, all_rates = measure(fns, a.steps, a.rounds, device, clock)
+    info = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "data": source, "estimator": a.estimator, "steps_per_round": a.steps,
+            "rounds": a.rounds, "clock": a.clock, "steps_per_s": med, "all_rounds": all_rates,
+            "runner_over_plain": med["runner"] / med["plain"],
+            "runner_over_matmul_bound": med["runner"] / med["matmul"],
+            "plain_over_matmul_bound": med["plain"] / med["matmul"]}
+    print(f"categorical VAE 20x10, batch {BATCH}, {a.estimator}, {device}, "
+          f"{info['threads']} thread(s), torch {torch.__version__}, data: {source}")
+    print(f"median of {a.rounds} interleaved rounds of {a.steps} steps ({a.clock} clock):")
+    for k in fns:
+        print(f"  {k:7s} {med[k]:8.1f} steps/s")
+    print(f"  runner / plain         = {info['runner_over_plain']:.2f}x")
+    print(f"  runner / matmul bound  = {info['runner_over_matmul_bound']:.2f}")
+    print(f"  plain  / matmul bound  = {info['plain_over_matmul_bound']:.2f}")
+    if a.out:
+        with open(a.out, "w") as fh:
+            json.dump(info, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
