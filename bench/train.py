@@ -151,6 +151,7 @@ def run(cfg: dict) -> str:
 
     if ev.get("at_start", True):
         evaluate(0, final=False)
+        last_print = time.perf_counter()
     task.train()
     for step in range(1, steps + 1):
         t0 = time.perf_counter()
@@ -168,7 +169,7 @@ def run(cfg: dict) -> str:
             evaluate(step, final=step == steps)
             t1 = last_print = time.perf_counter()
         elif t1 - last_print >= float(cfg.get("progress", {}).get("every_s", 10)):
-            rate = step / (t1 - t_start)
+            rate = len(times) / sum(times)  # training steps only, evaluations excluded
             log.info(f"[{label}] step {step}/{steps} ({100 * step / steps:.0f}%) "
                      f"{rate:.1f} steps/s ETA {_fmt_eta((steps - step) / rate)}")
             last_print = t1
