@@ -20,6 +20,8 @@ Training objective (Jang et al. section 4.3; Kingma et al. eq. 9):
 
     J = mean_labelled L(x, y) + mean_unlabelled U(x) + alpha * mean_labelled [-log q(y|x)].
 
+(``unlabelled_weight`` multiplies the U term: 0 gives the labels-only baseline.)
+
 The labelled set is ``labels_per_class`` examples per class of the training
 split, drawn with ``label_seed`` (default: from torch's global RNG, which the
 runner seeds with the run's seed); every training image is also an unlabelled
@@ -73,6 +75,13 @@ def _sizes(key: str, value) -> list[int]:
     return out
 
 
+def _weight(key: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 \
+            or math.isinf(value):
+        raise TaskConfigError(f"{key} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
 def accuracy(logits: Tensor, labels: Tensor) -> float:
     """Fraction of examples whose argmax class equals the label."""
     return (logits.argmax(-1) == labels).double().mean().item()
@@ -89,12 +98,10 @@ class SemiSupervised(nn.Module):
                  label_seed: int | None = None, categories: int | None = None,
                  latent_dim: int = 50, classifier_hidden=(500,), encoder_hidden=(500,),
                  decoder_hidden=(500,), activation: str = "softplus",
-                 labelled_batch_size: int = 100):
+                 labelled_batch_size: int = 100, unlabelled_weight: float = 1.0):
         super().__init__()
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0 \
-                or math.isinf(alpha):
-            raise TaskConfigError(f"task.alpha must be a finite number >= 0, got {alpha!r}")
-        self.alpha = float(alpha)
+        self.alpha = _weight("task.alpha", alpha)
+        self.unlabelled_weight = _weight("task.unlabelled_weight", unlabelled_weight)
         self.labels_per_class = _int("task.labels_per_class", labels_per_class, 1)
         if label_seed is not None:
             _int("task.label_seed", label_seed, 0)
@@ -227,7 +234,7 @@ class SemiSupervised(nn.Module):
         both = self.classifier(torch.cat([x, xl]))  # one pass of q(y|x) for both batches
         unl, out = self.unlabelled_loss(x, estimator, both[:b].unsqueeze(1))
         lab, ce = self.labelled_loss(xl, yl, both[b:])
-        return unl + lab + self.alpha * ce, out
+        return self.unlabelled_weight * unl + lab + self.alpha * ce, out
 
     # --- evaluation on the discrete model --------------------------------------
     @torch.no_grad()
