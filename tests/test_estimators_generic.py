@@ -146,7 +146,11 @@ def test_refuses_one_category(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_extreme_logits_and_temperature_stay_finite(name):
-    est = make(name, temperature=0.01)
+    try:
+        est = make(name, temperature=0.01)
+    except estimators.EstimatorConfigError as e:  # a clear refusal is fine (reinmax: tau >= 1)
+        assert "estimator.temperature" in str(e)
+        est = make(name)
     for scale in (1e4, -1e4):
         logits = (torch.randn(3, 2, 2) * scale).requires_grad_(True)
         out = est(logits, lambda z: ((z * torch.tensor([1.0, -2.0])).sum((-1, -2)) - 0.3) ** 2)
