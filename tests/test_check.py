@@ -22,8 +22,7 @@ SMALL = check.Settings(
                          for t in ("bernoulli_vae", "categorical_vae")),
     timing_batch=8)
 CORE = ["reinforce", "gumbel_softmax", "straight_through"]  # the foundation's estimators
-PAIRS = ([("toy", n) for n in CORE] + [("categorical_vae", n) for n in CORE]
-         + [("bernoulli_vae", "reinforce")])
+PAIRS = [("toy", n) for n in CORE] + [("categorical_vae", n) for n in CORE]
 CLI_ESTIMATORS = "reinforce,gumbel_softmax,exact"
 
 
@@ -88,7 +87,7 @@ def test_rank_test_false_alarm_rate_is_bounded_for_skewed_data():
     """Exchangeable groups (an unchanged tree) from a heavy-tailed distribution:
     the one-sided p-value is valid, P(p < a) <= a, also with no tolerance."""
     rng = np.random.default_rng(0)
-    sims, a = 600, 0.05
+    sims, a = 400, 0.05
     p = np.array([check.rank_test(np.exp(rng.standard_t(2, 10)), np.exp(rng.standard_t(2, 10)),
                                   1.0)[0] for _ in range(sims)])
     assert (p < a).mean() <= a + 3 * math.sqrt(a * (1 - a) / sims)
