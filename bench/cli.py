@@ -11,7 +11,8 @@ import sys
 
 USAGE = """usage: python -m bench run [HYDRA OVERRIDES...]      train (add -m for a grid)
        python -m bench report [RESULTS_DIR] [--out DIR]   tables from stored results
-       python -m bench check [--update]                   gradient-variance regression gate
+       python -m bench check [--update [NAME...] | --update-missing]
+                                                          gradient-variance regression gate
 
 examples:
   python -m bench run estimator=gumbel_softmax task=categorical_vae
