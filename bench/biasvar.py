@@ -314,7 +314,7 @@ def figure(df, path_stem: Path) -> None:
     cost.set_xscale("log")
     cost.set_title("cost")
     cost.set_xlabel("ms per gradient estimate (fastest of the timed steps, 1 thread)")
-    cost.legend(fontsize=6, loc="lower right")
+    cost.legend(fontsize=6, loc="center right")
     for ax in axes.flat[n:]:
         ax.axis("off")
     axes[0, 0].set_yticks(range(len(order)))
@@ -333,10 +333,16 @@ def main(argv: list[str]) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m bench.biasvar", description=__doc__.split("\n")[0])
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. biasvar.estimates=200")
+    ap.add_argument("--figure-only", action="store_true",
+                    help="redraw the figure from the CSV already in out_dir")
     a = ap.parse_args(argv)
     settings = load_settings(a.overrides)
     out = Path(settings["out_dir"])
     out = out if out.is_absolute() else REPO_DIR / out
+    if a.figure_only:
+        figure(pd.read_csv(out / "bias_variance.csv"), out / "bias_variance")
+        print(f"[biasvar] redrew {out}/bias_variance.{{png,pdf}}")
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     rows = run_study(settings)
