@@ -1,8 +1,15 @@
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# One thread per process: the tests' problems are tiny, and on a loaded 2-core machine
+# OpenMP threads waiting on each other cost more than they give. Subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("BENCH_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -156,4 +156,5 @@ def test_report_on_a_store(tmp_path):
     run(cfg_for(tmp_path))
     res = bench_cli("report", str(tmp_path), "--out", str(tmp_path / "rep"))
     assert res.returncode == 0, res.stderr
-    assert "test_neg_elbo" in res.stdout and (tmp_path / "rep" / "summary.csv").exists()
+    report = (tmp_path / "rep" / "REPORT.md").read_text()
+    assert "test_neg_elbo" in report and (tmp_path / "rep" / "tables" / "summary.csv").exists()
