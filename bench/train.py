@@ -76,13 +76,16 @@ class Trainer:
         return self.data.train_batch(idx)
 
     def step(self, step: int) -> torch.Tensor:
-        """One update; returns the (detached) training objective."""
+        """One update; returns the (detached) training objective, made non-finite when
+        any gradient is (0 * inf = nan), so the caller's one check sees both."""
         self.est.set_step(step)
         obj, _ = self.task.loss(self.next_batch(), self.est)
         self.opt.zero_grad(set_to_none=True)
         obj.backward()
+        grads = [p.grad for g in self.opt.param_groups for p in g["params"] if p.grad is not None]
+        gsum = torch.stack([g.sum() for g in grads]).sum() if grads else 0.0
         self.opt.step()
-        return obj.detach()
+        return obj.detach() + 0.0 * gsum
 
 
 def run(cfg: dict) -> str:
@@ -163,7 +166,7 @@ def run(cfg: dict) -> str:
         window_n += 1
         check = step % check_every == 0
         if check and not torch.isfinite(obj_sum):
-            log.warning(f"[{label}] diverged: non-finite objective at step {step}")
+            log.warning(f"[{label}] diverged: non-finite objective or gradient at step {step}")
             rec.write(step, {"diverged": step}, time.perf_counter() - t_start)
             rec.finish("diverged", step=step)
             return "diverged"
