@@ -13,6 +13,7 @@ USAGE = """usage: python -m bench run [HYDRA OVERRIDES...]      train (add -m fo
        python -m bench report [RESULTS_DIR] [--out DIR]   tables from stored results
        python -m bench check [--update [NAME...] | --update-missing]
                                                           gradient-variance regression gate
+       python -m bench biasvar [HYDRA OVERRIDES...]        bias/variance study on exact-gradient tasks
 
 examples:
   python -m bench run estimator=gumbel_softmax task=categorical_vae
@@ -147,7 +148,13 @@ def cmd_check(args: list[str]) -> int:
     return check_main(args)
 
 
-COMMANDS = {"run": cmd_run, "report": cmd_report, "check": cmd_check}
+def cmd_biasvar(args: list[str]) -> int:
+    from .biasvar import main as biasvar_main
+
+    return biasvar_main(args)
+
+
+COMMANDS = {"run": cmd_run, "report": cmd_report, "check": cmd_check, "biasvar": cmd_biasvar}
 
 
 def main(argv: list[str]) -> int:

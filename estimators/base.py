@@ -89,8 +89,10 @@ class Estimator:
       temperature ``self.temperature``;
     * ``hard_forward``: ``f`` only ever sees one-hot samples;
     * ``binary_only``: refuses K > 2;
-    * ``kl``: ``"categorical"`` (analytic KL of the discrete model) or
-      ``"concrete"`` (the estimator computes the relaxed KL, ``relaxed_kl``).
+    * ``kl``: ``"categorical"`` (analytic KL of the discrete model, added by the
+      task), ``"concrete"`` (the estimator computes the relaxed KL, ``relaxed_kl``)
+      or ``"sampled"`` (the task puts log q(z) - log p(z) inside f: multi-sample
+      objectives such as VIMCO's importance-weighted bound).
     """
 
     name: ClassVar[str] = "?"

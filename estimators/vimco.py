@@ -15,11 +15,12 @@ where l_{-s} is l with -f(z_s) replaced by the mean of the other log-weights
 gradient of L_S -- not for E_q f, which is why ``unbiased`` is False (the extra
 tests check it against L_S by enumeration). With S = 1 L_S would be E_q f.
 
-On a VAE whose f is the reconstruction term and whose KL is added analytically,
-L_S + KL is *not* the importance-weighted bound of the marginal likelihood (that
-needs log p(z) - log q(z) inside the log-mean-exp); models are still compared on
-the single-sample discrete ELBO. ``out.loss`` is the mean of f over the samples;
-the surrogate's value is l averaged over the batch.
+VIMCO declares ``kl = "sampled"``: a task then puts the sampled KL term
+log q(z) - log p(z) inside f, so that on a VAE L_S is the negative S-sample
+importance-weighted bound of log p(x) (Burda et al. 2016), the objective VIMCO
+was designed for. Models are still compared on the single-sample discrete ELBO.
+``out.loss`` is the mean of f over the samples; the surrogate's value is l
+averaged over the batch.
 """
 
 import math
@@ -38,6 +39,7 @@ def multi_sample_loss(fz: torch.Tensor) -> torch.Tensor:
 @register("vimco")
 class VIMCO(Estimator):
     hard_forward = True
+    kl = "sampled"  # the task puts log q(z) - log p(z) inside f
     multi_sample_objective = True  # documents that the surrogate targets L_S
 
     def __init__(self, samples: int = 4):

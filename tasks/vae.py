@@ -94,12 +94,25 @@ class VAE(nn.Module):
     def kl(self, estimator, out, logits):
         if estimator.kl == "concrete":
             return estimator.relaxed_kl(out, logits, self.prior_logits)
+        if estimator.kl == "sampled":  # already inside f
+            return torch.zeros(logits.shape[0], dtype=logits.dtype, device=logits.device)
         return categorical_kl(logits, self.prior_logits)
+
+    def loss_fn(self, x, logits, estimator):
+        """The f handed to the estimator: -log p(x|z), plus log q(z) - log p(z) for
+        estimators that take the KL as a sampled term (kl == "sampled")."""
+        if estimator.kl != "sampled":
+            return lambda z: self.recon(x, z)
+        log_q = torch.log_softmax(logits, -1)
+        log_p = self.log_prior()
+        if log_p is None:
+            log_p = torch.full_like(log_q[0], -math.log(self.k))
+        return lambda z: self.recon(x, z) + (z * (log_q - log_p)).sum((-1, -2))
 
     # --- training -----------------------------------------------------------
     def loss(self, x, estimator):
         logits = self.logits(x)
-        out = estimator(logits, lambda z: self.recon(x, z))
+        out = estimator(logits, self.loss_fn(x, logits, estimator))
         return out.surrogate + self.kl(estimator, out, logits).mean(), out
 
     # --- evaluation on the discrete model ------------------------------------
@@ -163,7 +176,7 @@ class VAE(nn.Module):
         rep = logits.detach().repeat(m, 1, 1).requires_grad_(True)
         x_rep = x.repeat(m, 1)
         with estimator.frozen():
-            out = estimator(rep, lambda z: self.recon(x_rep, z))
+            out = estimator(rep, self.loss_fn(x_rep, rep, estimator))
             obj = out.surrogate + self.kl(estimator, out, rep).mean()
         (g,) = torch.autograd.grad(obj * m, rep)
         g = g.view(m, b, self.n, self.k)

@@ -88,3 +88,30 @@ def test_grad_variance_is_zero_for_exact_and_matches_a_loop_for_reinforce():
         grads.append(torch.cat([g.flatten() for g in torch.autograd.grad(obj, params)]))
     looped = torch.stack(grads).var(0).mean().item()
     assert abs(vectorised / looped - 1) < 0.15
+
+
+def test_vimco_objective_on_the_vae_is_the_importance_weighted_bound():
+    """With kl = "sampled", VIMCO's S-sample objective on the VAE is
+    -E log (1/S) sum_s p(x, z_s) / q(z_s | x): compare with enumeration of all
+    S-tuples of latent states."""
+    vae, x = tiny_vae(n=1, k=3)
+    est = estimators.get("vimco", samples=2)
+    with torch.no_grad():
+        log_q = torch.log_softmax(vae.logits(x), -1)[:, 0]  # (B, K)
+        log_p = torch.log_softmax(vae.prior_logits, -1)[0]
+        log_w = []
+        for c in range(3):
+            z = torch.zeros(x.shape[0], 1, 3, dtype=torch.float64)
+            z[:, 0, c] = 1
+            log_w.append(-vae.recon(x, z) + log_p[c] - log_q[:, c])
+        log_w = torch.stack(log_w, 1)  # (B, K)
+        want = torch.zeros(x.shape[0], dtype=torch.float64)
+        for a in range(3):
+            for b in range(3):
+                pair = torch.stack([log_w[:, a], log_w[:, b]], 0)
+                want -= (log_q[:, a] + log_q[:, b]).exp() * (torch.logsumexp(pair, 0) - math.log(2))
+        draws = torch.stack([vae.loss(x, est)[0] for _ in range(4000)])
+    se = draws.std() / math.sqrt(len(draws))
+    assert abs(draws.mean() - want.mean()) < 4.5 * se
+    _, nll = exact_terms(vae, x)
+    assert want.mean() >= nll.mean() - 1e-9
