@@ -90,7 +90,7 @@ def gram_grad_variance(task, x, estimator, m: int) -> float:
     rep = logits.detach().repeat(m, 1, 1).requires_grad_(True)
     x_rep = x.repeat(m, 1)
     with estimator.frozen():
-        out = estimator(rep, lambda z: task.recon(x_rep, z))
+        out = estimator(rep, task.loss_fn(x_rep, rep, estimator))
         obj = out.surrogate + task.kl(estimator, out, rep).mean()
     (g,) = torch.autograd.grad(obj * m, rep)
     deltas = torch.autograd.grad(logits, [o for _, o in acts],
