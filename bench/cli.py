@@ -22,7 +22,7 @@ examples:
   python -m bench run dataset=binarized_mnist data_dir=PATH train.steps=1500
 """
 
-GROUPS = ("estimator", "task", "dataset", "experiment", "hydra/launcher")
+GROUPS = ("estimator", "task", "dataset", "experiment", "launcher", "hydra/launcher")
 HYDRA_FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir",
                           "-cd", "--package", "-p", "--experimental-rerun", "--info", "-i",
                           "--cfg", "-c"}
@@ -102,6 +102,10 @@ def _one_line(e: Exception) -> str:
     lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
     if not lines:
         return type(e).__name__
+    if "Could not find 'hydra/launcher/" in lines[0]:
+        name = lines[0].split("hydra/launcher/")[1].split("'")[0]
+        return (f"hydra/launcher={name} needs its Hydra plugin: pip install "
+                f"hydra-{name.split('_')[0]}-launcher")
     if lines[0].startswith("Could not override") and "'" in lines[0]:
         key = lines[0].split("'")[1]
         return (f"unknown config key {key} (no such option; check the spelling, "
@@ -132,7 +136,12 @@ def cmd_run(args: list[str]) -> int:
     from . import app
 
     sys.argv = ["bench run", *flags, *overrides]
-    app.main()
+    try:
+        app.main()
+    except KeyboardInterrupt:
+        print("interrupted: every row written so far is kept; run the same command again "
+              "to resume (completed configs are skipped)", file=sys.stderr)
+        return 130
     return 0
 
 

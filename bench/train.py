@@ -113,7 +113,7 @@ def run(cfg: dict) -> str:
             "dataset": cfg["dataset"]["name"], "seed": cfg["seed"],
             "temperature": est.describe().get("temperature", math.nan),
             "device": str(device), "git_sha": git_sha(), "config": cfg,
-            "torch": torch.__version__}
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
     rec = store.start(h, meta)
     log.info(f"[{label}] run {rec.run_id} -> {rec.dir}")
 

@@ -1,4 +1,4 @@
-"""Launcher presets (conf/launcher/*.yaml, used as ``+launcher=NAME``): each one selects a
+"""Launcher presets (conf/launcher/*.yaml, used as ``launcher=NAME``): each one selects a
 Hydra launcher plugin and gives every job one torch thread. Grids run end to end with
 the Joblib launcher and submitit's local executor; the Slurm preset is taken as far as
 the ``sbatch`` call (a stand-in ``sbatch`` records the job array it is given); Ray runs
@@ -53,11 +53,11 @@ def test_every_preset_has_a_known_plugin():
 def test_preset_selects_its_plugin_with_one_thread_per_job(preset, tmp_path):
     if not installed(preset):
         # a missing plugin is refused before anything runs, in one line naming it
-        rc = cli.main(["run", "-m", f"+launcher={preset}", f"results_dir={tmp_path}"])
+        rc = cli.main(["run", "-m", f"launcher={preset}", f"results_dir={tmp_path}"])
         assert rc == 2 and not (tmp_path / "runs").exists()
         pytest.skip(f"{PLUGINS[preset]} not installed (refused cleanly)")
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[f"+launcher={preset}"], return_hydra_config=True)
+        cfg = compose("config", overrides=[f"launcher={preset}"], return_hydra_config=True)
     assert cfg.threads == 1
     assert cfg.hydra.launcher._target_.startswith(PLUGINS[preset] + ".")
     launcher = instantiate(cfg.hydra.launcher)  # the plugin accepts every setting
@@ -71,7 +71,7 @@ def test_preset_selects_its_plugin_with_one_thread_per_job(preset, tmp_path):
 @needs("joblib")
 @needs("submitit_local")
 def test_joblib_then_submitit_local_grid_and_rerun_skips(tmp_path):
-    first = bench_run("-m", "+launcher=joblib", "seed=0,1", f"results_dir={tmp_path}", *SMALL)
+    first = bench_run("-m", "launcher=joblib", "seed=0,1", f"results_dir={tmp_path}", *SMALL)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "Joblib.Parallel(n_jobs=-1" in first.stdout + first.stderr
     df = results.load(tmp_path)
@@ -82,7 +82,7 @@ def test_joblib_then_submitit_local_grid_and_rerun_skips(tmp_path):
     runs_before = set(df["run_id"])
 
     # the same store through submitit: seed 1 is already complete, seed 2 is new
-    second = bench_run("-m", "+launcher=submitit_local", "seed=1,2", f"results_dir={tmp_path}",
+    second = bench_run("-m", "launcher=submitit_local", "seed=1,2", f"results_dir={tmp_path}",
                        *SMALL)
     assert second.returncode == 0, second.stderr[-3000:]
     assert list(tmp_path.glob("hydra/multirun/*/*/.submitit/*/*_result.pkl"))
@@ -112,7 +112,7 @@ def test_submitit_slurm_preset_submits_one_job_array(tmp_path):
         (bin_dir / tool).chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
            "CAPTURE": str(tmp_path / "submitted.sh")}
-    res = bench_run("-m", "+launcher=submitit_slurm", "hydra.launcher.partition=debug",
+    res = bench_run("-m", "launcher=submitit_slurm", "hydra.launcher.partition=debug",
                     "seed=0,1,2", f"results_dir={tmp_path / 'store'}", *SMALL, env=env)
     assert res.returncode != 0 and "stand-in sbatch" in res.stderr
     script = Path(env["CAPTURE"]).read_text()
@@ -126,7 +126,7 @@ def test_submitit_slurm_preset_submits_one_job_array(tmp_path):
 @pytest.mark.slow
 @needs("ray")
 def test_ray_grid(tmp_path):
-    res = bench_run("-m", "+launcher=ray", "seed=0,1", f"results_dir={tmp_path}", *SMALL)
+    res = bench_run("-m", "launcher=ray", "seed=0,1", f"results_dir={tmp_path}", *SMALL)
     assert res.returncode == 0, res.stderr[-3000:]
     df = results.load(tmp_path)
     assert sorted(df["seed"].unique()) == [0, 1] and set(df["status"]) == {"complete"}
