@@ -206,8 +206,13 @@ def _label(runs: Runs) -> None:
     by_sig = {}
     for i in info.values():
         by_sig.setdefault(i["sig"], i)
-    base = {s: f"{i['task']} ({i['experiment'] or i['setting'] or i['dataset']}, "
-               f"{_steps_label(i['steps'])} steps)" for s, i in by_sig.items()}
+    def describe(i):
+        where = i["experiment"] or i["setting"] or i["dataset"]
+        if i["setting"] and not where.startswith(i["setting"]):
+            where = f"{i['setting']}, {where}"  # e.g. the architecture of a grid
+        return f"{i['task']} ({where}, {_steps_label(i['steps'])} steps)"
+
+    base = {s: describe(i) for s, i in by_sig.items()}
     counts = pd.Series(list(base.values())).value_counts()
     row_label = {s: (b if counts[b] == 1 else f"{b} #{s[:6]}") for s, b in base.items()}
     # cell labels: the estimator's name, plus its options where a row holds several
@@ -386,6 +391,13 @@ def _palette(cells):
     return dict(zip(cells, colours, strict=True))
 
 
+_MARKERS = "osD^vPX*<>ph"
+
+
+def _markers(cells):
+    return {c: _MARKERS[i % len(_MARKERS)] for i, c in enumerate(_order(cells))}
+
+
 def _save(fig, out: Path, name: str) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     fig.savefig(out / f"{name}.png", dpi=130, bbox_inches="tight")
@@ -440,11 +452,13 @@ def plot_curves(df, rows, metric, x, out, name, ylabel, xlabel, log=False) -> li
     nrow = math.ceil(len(rows) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(6.4 * ncol, 4.2 * nrow), squeeze=False)
     colours = _palette(data["cell"].unique())
+    markers = _markers(data["cell"].unique())
     for ax, row in zip(axes.flat, rows, strict=False):  # spare panels stay empty
         d = data[data["row"] == row]
         for cell in _order(d["cell"].unique()):
             c = d[d["cell"] == cell].sort_values("x")
-            ax.plot(c["x"], c["y"], marker="o", ms=3, lw=1.5, color=colours[cell], label=cell)
+            ax.plot(c["x"], c["y"], marker=markers[cell], ms=4, lw=1.5, color=colours[cell],
+                    label=cell, alpha=0.9)
             if c["lo"].notna().any():
                 ax.fill_between(c["x"], c["lo"], c["hi"], color=colours[cell], alpha=0.2, lw=0)
         ax.set_title(row, fontsize=10)
@@ -567,7 +581,8 @@ def _mosaic(imgs, shape, pad=1, fill=_PAD):
 
 def plot_samples(runs: Runs, df, rows, out, data_dir, n=8) -> tuple[list[str], list[str]]:
     """One figure per row: for each estimator (its lowest-seed complete run), the
-    reconstructions of n test digits and n samples (VAE), or completions (SBN)."""
+    reconstructions of n test digits spread over the test split and n samples
+    (VAE), or completions of their lower halves (SBN)."""
     import numpy as np
 
     files, notes, cache = [], [], {}
@@ -586,7 +601,8 @@ def plot_samples(runs: Runs, df, rows, out, data_dir, n=8) -> tuple[list[str], l
             if task is None:
                 why[cell] = reason
                 continue
-            x = data.eval_split("test")[:n]
+            test = data.eval_split("test")
+            x = test[::max(1, len(test) // n)][:n]  # spread over the split (it may be sorted)
             recon, samples = _images(task, x, n)
             if recon is None:
                 why[cell] = "this task has no image view"
@@ -660,7 +676,10 @@ def _provenance(runs: Runs, df: pd.DataFrame) -> str:
         wall = df[(df["run_id"].isin(g.index)) & (df["metric"] == "wall_s")]["value"].sum()
         steps = (", ".join(map(str, sorted(g["train_steps"].unique())))
                  if "train_steps" in g else "")
-        cmd = f"`python -m bench run +experiment={exp}`" if exp != "(none)" else "(ad hoc runs)"
+        dirs = sorted({str(c.get("data_dir")) for c in cfgs if c.get("data_dir")})
+        env = f"BENCH_DATA_DIR={dirs[0]} " if len(dirs) == 1 else ""
+        cmd = (f"`{env}python -m bench run +experiment={exp}`" if exp != "(none)"
+               else "(ad hoc runs)")
         ev = (f"m={'/'.join(map(str, sorted(evs)))}, grad M={'/'.join(map(str, sorted(gms)))}"
               if evs else "")
         lines.append(
