@@ -460,17 +460,19 @@ def plot_curves(df, rows, metric, x, out, name, ylabel, xlabel, log=False) -> li
             ax.plot(c["x"], c["y"], marker=markers[cell], ms=4, lw=1.5, color=colours[cell],
                     label=cell, alpha=0.9)
             if c["lo"].notna().any():
-                ax.fill_between(c["x"], c["lo"], c["hi"], color=colours[cell], alpha=0.2, lw=0)
+                ax.fill_between(c["x"], c["lo"], c["hi"], color=colours[cell], alpha=0.15, lw=0)
         ax.set_title(row, fontsize=10)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         if log:
             ax.set_yscale("log")
         else:  # the untrained model's value would flatten the curves: clip it off
-            later = d[d["step"] > 0]["y"]
+            later = d[d["step"] > 0]
             if len(later):
-                lo, hi = later.min(), later.max()
+                lo, hi = later["y"].min(), later["y"].max()
                 ax.set_ylim(lo - 0.05 * (hi - lo + 1), hi + 0.05 * (hi - lo + 1))
+                x0, x1 = later["x"].min(), d["x"].max()
+                ax.set_xlim(x0 - 0.05 * (x1 - x0 + 1e-9), x1 + 0.05 * (x1 - x0 + 1e-9))
     for ax in list(axes.flat)[len(rows):]:
         ax.set_visible(False)
     handles, labels = {}, {}
@@ -486,31 +488,44 @@ def plot_curves(df, rows, metric, x, out, name, ylabel, xlabel, log=False) -> li
     return _save(fig, out, name)
 
 
-def plot_step_time(summ, rows, out, name="step_time") -> list[str]:
+def plot_step_time(df, summ, rows, out, name="step_time") -> list[str]:
+    """Bars: mean over seeds of each run's median step time; dots: the runs;
+    whiskers: the 95% interval, cut at zero."""
     d = summ[(summ["metric"] == "step_time_s") & summ["row"].isin(rows)]
     if d.empty:
         return []
+    done = df[df["status"] == "complete"] if "status" in df else df
+    runs = final_rows(done)
+    runs = runs[runs["metric"] == "step_time_s"]
     plt = _plt()
     rows = [r for r in rows if r in set(d["row"])]
     ncol = min(2, len(rows))
     nrow = math.ceil(len(rows) / ncol)
     cells = _order(d["cell"].unique())
     colours = _palette(cells)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(6.4 * ncol, 0.35 * len(cells) * nrow + 1.5),
+    most = max(d.groupby("row")["cell"].nunique())
+    fig, axes = plt.subplots(nrow, ncol, figsize=(6.4 * ncol, (0.38 * most + 1.2) * nrow + 0.6),
                              squeeze=False)
     for ax, row in zip(axes.flat, rows, strict=False):  # spare panels stay empty
         g = d[d["row"] == row].set_index("cell").reindex(_order(d[d["row"] == row]["cell"]))
         ms = g["mean"] * 1000
-        err = (g["ci95"] * 1000).fillna(0)
-        ax.barh(range(len(g)), ms, xerr=err, color=[colours[c] for c in g.index], capsize=2)
+        half = (g["ci95"] * 1000).fillna(0)
+        lower = ms - (ms - half).clip(lower=0)
+        ax.barh(range(len(g)), ms, height=0.6, xerr=[lower, half], capsize=2,
+                color=[colours[c] for c in g.index], alpha=0.8)
+        for i, cell in enumerate(g.index):
+            v = runs[(runs["row"] == row) & (runs["cell"] == cell)]["value"] * 1000
+            ax.plot(v, [i] * len(v), "k.", ms=5)
         ax.set_yticks(range(len(g)), g.index)
-        ax.invert_yaxis()
+        ax.set_ylim(most - 0.5, -0.5)
+        ax.set_xlim(left=0)
         ax.set_xlabel("median training step time (ms)")
         ax.set_title(row, fontsize=10)
     for ax in list(axes.flat)[len(rows):]:
         ax.set_visible(False)
-    dev = ""
-    fig.suptitle(f"Step time per estimator{dev} (error bars: 95% CI over seeds)", fontsize=11)
+    devices = ", ".join(sorted(df["device"].astype(str).unique())) if "device" in df else "?"
+    fig.suptitle(f"Step time per estimator on {devices} (bars: mean over seeds, dots: runs, "
+                 "whiskers: 95% CI)", fontsize=11)
     fig.tight_layout()
     return _save(fig, out, name)
 
@@ -781,7 +796,7 @@ def build(results, out, data_dir=None, samples: bool = True, figures: bool = Tru
         figs.append(("Gradient variance against training steps",
                      plot_curves(df, rows, "grad_var", "step", fdir, "grad_var_vs_steps",
                                  "gradient variance (log scale)", "training step", log=True)))
-        figs.append(("Step time per estimator", plot_step_time(summ, rows, fdir)))
+        figs.append(("Step time per estimator", plot_step_time(df, summ, rows, fdir)))
     notes = []
     if samples:
         sfiles, notes = plot_samples(runs, df, rows, fdir, data_dir)
