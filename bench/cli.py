@@ -80,13 +80,15 @@ def job_configs(overrides: list[str], multirun: bool) -> list[dict]:
 
     parser = OverridesParser.create()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        plain = [s for s, o in zip(overrides, parser.parse_overrides(overrides))
+                 if not o.is_sweep_override()]
+        base = compose("config", overrides=plain, return_hydra_config=True)
+        # an experiment may set hydra.mode: MULTIRUN, making -m implicit
+        multirun = multirun or str(OmegaConf.select(base, "hydra.mode")) == "RunMode.MULTIRUN"
         if not multirun:
             jobs = [overrides]
         else:
             # sweep parameters an experiment sets, then the command line (which wins)
-            plain = [s for s, o in zip(overrides, parser.parse_overrides(overrides))
-                     if not o.is_sweep_override()]
-            base = compose("config", overrides=plain, return_hydra_config=True)
             params = OmegaConf.select(base, "hydra.sweeper.params") or {}
             args = [f"{k}={v}" for k, v in params.items()] + overrides
             batches = BasicSweeper.split_arguments(parser.parse_overrides(args), None)
@@ -131,7 +133,7 @@ def cmd_run(args: list[str]) -> int:
         except Exception as e:  # Hydra's own composition/override errors
             print(f"error: {_one_line(e)}", file=sys.stderr)
             return 2
-        if multirun:
+        if len(configs) > 1:
             print(f"bench: {len(configs)} jobs checked; starting the grid", file=sys.stderr)
     from . import app
 
