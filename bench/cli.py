@@ -13,7 +13,7 @@ USAGE = """usage: python -m bench run [HYDRA OVERRIDES...]      train (add -m fo
        python -m bench report [RESULTS_DIR] [--out DIR]   tables from stored results
        python -m bench check [--update [NAME...] | --update-missing]
                                                           gradient-variance regression gate
-       python -m bench biasvar [HYDRA OVERRIDES...]        bias/variance study on exact-gradient tasks
+       python -m bench biasvar [HYDRA OVERRIDES...]        bias/variance study (exact gradients)
 
 examples:
   python -m bench run estimator=gumbel_softmax task=categorical_vae

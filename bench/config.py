@@ -102,7 +102,8 @@ def validate(cfg: dict) -> None:
                               f"allowed: {', '.join(allowed)}")
         ds_name = _get(cfg, "dataset.name")
         if ds_name not in datasets.names():
-            raise ConfigError(f"unknown dataset {ds_name!r}; allowed: {', '.join(datasets.names())}")
+            allowed = ", ".join(datasets.names())
+            raise ConfigError(f"unknown dataset {ds_name!r}; allowed: {allowed}")
         # build the task on a 1-pixel stand-in for the data: checks its options cheaply
         stub = SimpleNamespace(dim=1, num_classes=10, image_shape=(1, 1))
         task = cls(data=stub, device="cpu", **task_kwargs)

@@ -106,7 +106,8 @@ def load(path="results", all_runs: bool = False) -> pd.DataFrame:
     frames, statuses = [], {}
     for run_dir in sorted(p for p in runs.glob("*/*") if p.is_dir()):
         st = run_dir / "status.json"
-        statuses[run_dir.name] = json.loads(st.read_text())["status"] if st.exists() else "incomplete"
+        status = json.loads(st.read_text())["status"] if st.exists() else "incomplete"
+        statuses[run_dir.name] = status
         for f in sorted(run_dir.glob("rows-*.csv")):
             frames.append(pd.read_csv(f, dtype={"git_sha": str, "config_hash": str, "run_id": str}))
     if not frames:

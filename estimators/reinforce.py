@@ -7,10 +7,15 @@ average of the mean loss over past steps. It never depends on the current
 sample, so the estimator stays unbiased.
 """
 
-import torch
 
-from .base import (Estimator, EstimatorConfigError, EstimatorOutput, log_prob_one_hot,
-                   register, sample_one_hot)
+from .base import (
+    Estimator,
+    EstimatorConfigError,
+    EstimatorOutput,
+    log_prob_one_hot,
+    register,
+    sample_one_hot,
+)
 
 
 @register("reinforce")

@@ -158,10 +158,12 @@ def _bmnist(data_dir: Path, file: str | None = None) -> Data:
         with np.load(where) as z:
             missing = {"train", "valid", "test"} - set(z.files)
             if missing:
-                raise DataError(f"{where}: missing arrays {sorted(missing)} (need train, valid, test)")
+                raise DataError(
+                    f"{where}: missing arrays {sorted(missing)} (need train, valid, test)")
             arrays = {k: z[k] for k in ("train", "valid", "test")}
     else:
-        arrays = {s: np.loadtxt(p, dtype=np.uint8) for s, p in zip(("train", "valid", "test"), where)}
+        splits = ("train", "valid", "test")
+        arrays = {s: np.loadtxt(p, dtype=np.uint8) for s, p in zip(splits, where)}
     for k, a in arrays.items():
         if a.ndim != 2 or a.shape[1] != 784:
             raise DataError(f"binarized_mnist {k}: expected (n, 784), got {a.shape}")
