@@ -48,12 +48,14 @@ def final_table(df: pd.DataFrame, configs: dict[str, dict]) -> pd.DataFrame:
     df = df[df["task"] == "semisupervised"]
     if "status" in df:
         df = df[df["status"] == "complete"]
+    if df.empty:
+        return pd.DataFrame()
     last = df.groupby("run_id")["step"].transform("max")
     fin = df[df["step"] == last]
     wide = fin.pivot_table(index=["run_id", "estimator", "dataset", "seed", "step"],
                            columns="metric", values="value", aggfunc="first").reset_index()
     wide["alpha"] = wide["run_id"].map(lambda r: configs.get(r, {}).get("task", {}).get("alpha"))
-    wide["steps_per_s"] = 1.0 / wide["step_time_s"]
+    wide["steps_per_s"] = 1.0 / wide["step_time_s"] if "step_time_s" in wide else math.nan
     cols = ["estimator", "dataset", "seed", "alpha", "step"] + \
         [m for m in METRICS if m in wide] + ["steps_per_s", "run_id"]
     return wide[cols].sort_values(["dataset", "estimator", "seed", "alpha"]).reset_index(drop=True)
