@@ -10,9 +10,11 @@ on the pixel values). Timed, in interleaved rounds so that load on the machine h
 alike, medians reported:
 
   step       one training step, bench.train.Trainer.step
-  grad_var   task.grad_variance(x, est, M): M independent estimates of the encoder
-             gradient on the minibatch x, variance over the M, averaged over parameters
-  gram       the same number computed another way (proposed; see gram_grad_variance)
+  grad_var   task.grad_variance(x, est, M): the variance over M independent estimates
+             of the encoder gradient on the minibatch x, averaged over parameters,
+             computed through B x B Gram matrices of each layer's input (see VAE.grad_variance)
+  vjp        the same number by its definition: the M gradients formed by M batched
+             vector-Jacobian products (task.grad_variance_vjp, the previous method)
   f          the floor: the loss f evaluated at M*B (example, sample) pairs, decoder and
              likelihood, forward only -- no exact method can do less; an estimator that
              needs df/dz (pathwise: Gumbel-Softmax, straight-through) also pays
@@ -60,51 +62,6 @@ def build_task(data, device):
     return tasks.build(cfg, data, device)
 
 
-def gram_grad_variance(task, x, estimator, m: int) -> float:
-    """The number ``task.grad_variance`` returns, without forming the M gradients.
-
-    For a linear layer with input h (B x in) and gradient d_j (B x out) of the loss
-    w.r.t. its output in estimate j, the weight gradient is h^T d_j, so the variance
-    over j summed over the weights is
-
-        1/(M-1) sum_j ||h^T (d_j - mean d)||^2 = 1/(M-1) sum_j <D_j, (h h^T) D_j>
-
-    with D_j = d_j - mean d: a B x B Gram matrix instead of M in x out matrices (and
-    sum_b D_j for the bias). The d_j come from one batched backward pass from the
-    logits to the outputs of the encoder's linear layers. Falls back to
-    ``task.grad_variance`` when the encoder has parameters outside nn.Linear layers.
-    """
-    linears = [mod for mod in task.encoder.modules() if isinstance(mod, nn.Linear)]
-    params = task.encoder_parameters()
-    if sum(p.numel() for mod in linears for p in mod.parameters()) != sum(
-            p.numel() for p in params):
-        return task.grad_variance(x, estimator, m)
-    acts = []
-    hooks = [mod.register_forward_hook(lambda mod, inp, out: acts.append((inp[0], out)))
-             for mod in linears]
-    try:
-        logits = task.logits(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    rep = logits.detach().repeat(m, 1, 1).requires_grad_(True)
-    x_rep = x.repeat(m, 1)
-    with estimator.frozen():
-        out = estimator(rep, task.loss_fn(x_rep, rep, estimator))
-        obj = out.surrogate + task.kl(estimator, out, rep).mean()
-    (g,) = torch.autograd.grad(obj * m, rep)
-    deltas = torch.autograd.grad(logits, [o for _, o in acts],
-                                 grad_outputs=g.view(m, *logits.shape), is_grads_batched=True)
-    total = 0.0
-    for (h, _), d in zip(acts, deltas, strict=True):
-        d = d - d.mean(0)
-        h = h.detach()
-        total += (d * ((h @ h.T) @ d)).sum().item()  # weights
-        if d.dim() == 3:
-            total += d.sum(1).square().sum().item()  # bias
-    return total / (m - 1) / sum(p.numel() for p in params)
-
-
 def layer_macs(module: nn.Module) -> list[tuple[int, int]]:
     return [(mod.in_features, mod.out_features) for mod in module.modules()
             if isinstance(mod, nn.Linear)]
@@ -140,7 +97,7 @@ def timers(task, est, data, x, m, steps):
         torch.autograd.grad(task.recon(x_rep, z_grad).sum(), z_grad)
 
     return {"step": (step, steps), "grad_var": (lambda: task.grad_variance(x, est, m), 1),
-            "gram": (lambda: gram_grad_variance(task, x, est, m), 1), "f": (f, 1),
+            "vjp": (lambda: task.grad_variance_vjp(x, est, m), 1), "f": (f, 1),
             "f+df/dz": (f_grad, 1)}
 
 
@@ -204,18 +161,18 @@ def main(argv=None) -> int:
         torch.manual_seed(1)
         ref = task.grad_variance(x, est, a.m)
         torch.manual_seed(1)
-        alt = gram_grad_variance(task, x, est, a.m)
+        alt = task.grad_variance_vjp(x, est, a.m)
         med, raw = measure(timers(task, est, data, x, a.m, a.steps), a.rounds, clock, sync)
         ratio = {k: v / med["step"] for k, v in med.items()}
         print(f"{name}:")
         for k, v in med.items():
             print(f"  {k:9s} {1e3 * v:9.1f} ms  {ratio[k]:6.1f}x")
         rel = abs(alt - ref) / abs(ref) if ref else math.nan
-        print(f"  grad_var {ref:.6g} (gram: {alt:.6g}, relative difference {rel:.1e}, "
+        print(f"  grad_var {ref:.6g} (vjp: {alt:.6g}, relative difference {rel:.1e}, "
               f"same samples)")
         report["estimators"][name] = {"median_s": med, "ratio_to_step": ratio,
                                       "all_rounds_s": raw, "grad_var": ref,
-                                      "grad_var_gram": alt}
+                                      "grad_var_vjp": alt}
     if a.out:
         with open(a.out, "w") as fh:
             json.dump(report, fh, indent=1)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from .base import uniform
+
 Tensor = torch.Tensor
 
 
@@ -25,7 +27,7 @@ def exponential_like(x: Tensor, shape=None) -> Tensor:
     """Exponential(1) noise -log U, U clamped away from 0 and 1 (never log 0)."""
     finfo = torch.finfo(x.dtype)
     shape = x.shape if shape is None else shape
-    u = torch.rand(shape, dtype=x.dtype, device=x.device).clamp_(finfo.tiny, 1.0 - finfo.eps)
+    u = uniform(shape, x).clamp_(finfo.tiny, 1.0 - finfo.eps)
     return -torch.log(u)
 
 

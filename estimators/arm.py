@@ -20,7 +20,7 @@ distributed as q, so that is unbiased too). K must be 2.
 
 import torch
 
-from .base import Estimator, EstimatorOutput, register
+from .base import Estimator, EstimatorOutput, register, uniform_like
 
 
 def _one_hot(bits: torch.Tensor) -> torch.Tensor:
@@ -42,7 +42,7 @@ class _Antithetic(Estimator):
     def estimate(self, logits, f):
         alpha = logits[..., 1] - logits[..., 0]
         a = alpha.detach()
-        u = torch.rand_like(a)
+        u = uniform_like(a)
         b1 = (u > torch.sigmoid(-a)).to(a.dtype)  # = 1[1 - u < s(alpha)]
         b2 = (u < torch.sigmoid(a)).to(a.dtype)
         pair = torch.stack([_one_hot(b1), _one_hot(b2)])

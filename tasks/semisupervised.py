@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from estimators import categorical_kl
 
 from .base import TaskConfigError, register
+from .datasets import binarize
 
 Tensor = torch.Tensor
 
@@ -180,7 +181,7 @@ class SemiSupervised(nn.Module):
         else:
             idx = torch.randperm(n, device=self._lab_x.device)[:self.labelled_batch_size]
             x, y = self._lab_x[idx], self._lab_y[idx]
-        return (torch.bernoulli(x) if self._dynamic else x), y
+        return (binarize(x) if self._dynamic else x), y
 
     # --- the model -----------------------------------------------------------
     @property

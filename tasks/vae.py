@@ -162,23 +162,69 @@ class VAE(nn.Module):
         self.train(was)
         return out
 
+    def _estimates_wrt_logits(self, x_rep, rep, estimator, m):
+        """m independent estimates of d(objective)/d(logits) from one estimator call
+        on m stacked copies of the batch: (m * B, N, K)."""
+        with estimator.frozen():
+            out = estimator(rep, self.loss_fn(x_rep, rep, estimator))
+            obj = out.surrogate + self.kl(estimator, out, rep).mean()
+        (g,) = torch.autograd.grad(obj * m, rep)
+        return g
+
     def grad_variance(self, x, estimator, m: int) -> float:
         """Mean over encoder parameters of the variance, across m independent
         estimates on the minibatch x, of the estimator's gradient.
 
         The encoder is run once; the m estimates differ only in the samples, so
-        each one's gradient w.r.t. the logits is taken from one estimator call on
-        m stacked copies of the batch, and pulled back to the encoder parameters
-        by m vector-Jacobian products batched in one backward pass.
+        each one's gradient w.r.t. the logits, G_j, comes from one estimator call on
+        m stacked copies of the batch, and one batched backward pass from the logits
+        gives d_j, the gradient w.r.t. the output of each linear layer. A layer with
+        input h (B x in) has weight gradient h^T d_j in estimate j, so the variance
+        over j, summed over its weights, is
+
+            1/(m-1) sum_j ||h^T D_j||^2 = 1/(m-1) sum_j <D_j, (h h^T) D_j>,
+            D_j = d_j - mean_j d_j,
+
+        with a B x B Gram matrix instead of m (in x out) gradients; the bias adds
+        1/(m-1) sum_j ||sum_b D_j||^2. ``grad_variance_vjp`` forms the m gradients
+        instead (the definition; used when the encoder has parameters outside
+        nn.Linear layers); tests check both against a loop of m backward passes.
         """
+        linears = [mod for mod in self.encoder.modules() if isinstance(mod, nn.Linear)]
+        params = self.encoder_parameters()
+        n_params = sum(p.numel() for p in params)
+        if sum(p.numel() for mod in linears for p in mod.parameters()) != n_params:
+            return self.grad_variance_vjp(x, estimator, m)
+        acts = []
+        hooks = [mod.register_forward_hook(lambda mod, inp, out: acts.append((mod, inp[0], out)))
+                 for mod in linears]
+        try:
+            logits = self.logits(x)
+        finally:
+            for h in hooks:
+                h.remove()
+        rep = logits.detach().repeat(m, 1, 1).requires_grad_(True)
+        g = self._estimates_wrt_logits(x.repeat(m, 1), rep, estimator, m)
+        deltas = torch.autograd.grad(logits, [o for _, _, o in acts],
+                                     grad_outputs=g.view(m, *logits.shape),
+                                     is_grads_batched=True)
+        total = 0.0
+        for (mod, h, _), d in zip(acts, deltas, strict=True):
+            d = d - d.mean(0)  # (m, B, out)
+            h = h.detach()
+            total += (d * ((h @ h.T) @ d)).sum().item()  # weights
+            if mod.bias is not None:
+                total += d.sum(1).square().sum().item()
+        return total / (m - 1) / n_params
+
+    def grad_variance_vjp(self, x, estimator, m: int) -> float:
+        """``grad_variance`` by its definition: the m encoder gradients, pulled back
+        from the logits by m vector-Jacobian products batched in one backward pass,
+        their variance over the m, averaged over the encoder's parameters."""
         b = x.shape[0]
         logits = self.logits(x)
         rep = logits.detach().repeat(m, 1, 1).requires_grad_(True)
-        x_rep = x.repeat(m, 1)
-        with estimator.frozen():
-            out = estimator(rep, self.loss_fn(x_rep, rep, estimator))
-            obj = out.surrogate + self.kl(estimator, out, rep).mean()
-        (g,) = torch.autograd.grad(obj * m, rep)
+        g = self._estimates_wrt_logits(x.repeat(m, 1), rep, estimator, m)
         g = g.view(m, b, self.n, self.k)
         params = self.encoder_parameters()
         grads = torch.autograd.grad(logits, params, grad_outputs=g, is_grads_batched=True)

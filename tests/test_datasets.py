@@ -17,6 +17,19 @@ def test_digits_offline_default():
     assert d.labels["train"].shape == (1257,)
 
 
+def test_dynamic_binarisation_is_bernoulli():
+    """binarize(p) is a Bernoulli(p) sample: per-pixel frequencies over many draws
+    match p within a z-score bound, and p = 0 / 1 give 0 / 1 exactly."""
+    p = torch.tensor([[0.0, 0.05, 0.3, 0.5], [0.7, 0.95, 1.0, 0.13]], dtype=torch.float64)
+    n = 20000
+    draws = datasets.binarize(p.expand(n, 2, 4).contiguous())
+    assert draws.shape == (n, 2, 4) and set(torch.unique(draws).tolist()) <= {0.0, 1.0}
+    freq = draws.mean(0)
+    se = (p * (1 - p) / n).sqrt().clamp_min(1e-12)
+    assert ((freq - p).abs() <= 4.5 * se).all(), (freq, p)
+    assert freq[0, 0] == 0 and freq[1, 2] == 1
+
+
 def test_binarized_mnist_npz(shared_data):
     d = datasets.load({"name": "binarized_mnist"}, shared_data)
     assert [d.size(s) for s in ("train", "valid", "test")] == [50000, 10000, 10000]

@@ -49,12 +49,16 @@ def test_annealing_schedule():
 
 def test_gumbel_noise_never_takes_log_of_zero(monkeypatch):
     for edge in (0.0, 1.0):
-        monkeypatch.setattr(torch, "rand_like", lambda x, edge=edge: torch.full_like(x, edge))
+        monkeypatch.setattr(torch, "rand", lambda n, dtype=None, device=None, edge=edge:
+                            torch.full((n,), edge, dtype=dtype, device=device))
         assert torch.isfinite(gumbel_like(torch.zeros(5))).all()
+        assert torch.isfinite(gumbel_like(torch.zeros(3, 2, 5))).all()
 
 
-def test_gumbel_noise_distribution():
-    g = gumbel_like(torch.zeros(200000, dtype=torch.float64))
+@pytest.mark.parametrize("shape", [(200000,), (500, 40, 10)])
+def test_gumbel_noise_distribution(shape):
+    g = gumbel_like(torch.zeros(shape, dtype=torch.float64)).flatten()
+    assert g.shape == (200000,)
     # Gumbel(0, 1): mean = Euler-Mascheroni, variance = pi^2 / 6
     assert abs(g.mean().item() - 0.5772156649) < 4.5 * math.sqrt(math.pi ** 2 / 6 / 2e5)
     assert abs(g.var().item() - math.pi ** 2 / 6) < 0.05

@@ -41,7 +41,8 @@ SMALL = ["task.encoder_hidden=[32]", "task.decoder_hidden=[32]", "train.batch_si
 GRID = ["estimator=gumbel_softmax,concrete_kl", "train.lr=1e15,0.001", "train.steps=300",
         "eval.every=50", "eval.nll_every_eval=true"]
 STEPS = list(range(0, 301, 50))
-TIMING = {"step_time_s", "train_time_s", "wall_s"}  # measured times: the only values allowed to differ
+# measured times: the only values allowed to differ
+TIMING = {"step_time_s", "train_time_s", "wall_s"}
 KEY = ["config_hash", "step", "metric"]
 
 
