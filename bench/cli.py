@@ -18,6 +18,7 @@ USAGE = """usage: python -m bench run [HYDRA OVERRIDES...]      train (add -m fo
 examples:
   python -m bench run estimator=gumbel_softmax task=categorical_vae
   python -m bench run -m estimator=reinforce,gumbel_softmax task=bernoulli_vae seed=0,1,2
+  python -m bench run seeds=[0,1,2,3] estimator=gumbel_softmax   # 4 seeds trained together
   python -m bench run +experiment=NAME
   python -m bench run dataset=binarized_mnist data_dir=PATH train.steps=1500
 """
@@ -67,6 +68,15 @@ def _sweep_values(value: str) -> list[str]:
     if value.startswith("choice(") and value.endswith(")"):
         value = value[len("choice("):-1]
     return [v.strip().strip("'\"") for v in value.split(",") if v.strip()]
+
+
+def _check_seed_keys(overrides: list[str]) -> None:
+    """``seeds=[...]`` replaces ``seed``: refuse both on one command line."""
+    from .config import ConfigError
+
+    keys = {o.lstrip("+~").partition("=")[0] for o in overrides if "=" in o}
+    if {"seed", "seeds"} <= keys:
+        raise ConfigError("seeds=[...] replaces seed; give one or the other, not both")
 
 
 def job_configs(overrides: list[str], multirun: bool) -> list[dict]:
@@ -124,6 +134,7 @@ def cmd_run(args: list[str]) -> int:
     if not info_only:
         try:
             _check_group_choices(overrides)
+            _check_seed_keys(overrides)
             configs = job_configs(overrides, multirun)
             for c in configs:
                 validate(c)

@@ -18,8 +18,9 @@ class ConfigError(ValueError):
     """A bad setting; the message is one line naming the key."""
 
 
-# keys that do not change the numbers a run produces
-NON_SEMANTIC = ("results_dir", "data_dir", "skip_complete", "progress", "threads")
+# keys that do not change the numbers a run produces; ``seeds`` (several seeds trained
+# together) is recorded as one run per seed, each under the config of its single run
+NON_SEMANTIC = ("results_dir", "data_dir", "skip_complete", "progress", "threads", "seeds")
 
 
 def config_hash(cfg: dict) -> str:
@@ -108,6 +109,10 @@ def validate(cfg: dict) -> None:
         stub = SimpleNamespace(dim=1, num_classes=10, image_shape=(1, 1))
         task = cls(data=stub, device="cpu", **task_kwargs)
         est.check_latents(*task.latent_shape)
+        if cfg.get("seeds") is not None:
+            from . import stacked
+
+            stacked.check(cfg, task)
         datasets.check_available(cfg["dataset"], cfg.get("data_dir"))
     except (estimators.EstimatorConfigError, tasks.TaskConfigError, datasets.DataError) as e:
         raise ConfigError(str(e)) from None

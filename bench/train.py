@@ -88,8 +88,29 @@ class Trainer:
         return obj.detach() + 0.0 * gsum
 
 
-def run(cfg: dict) -> str:
-    """Train and evaluate one config; returns its status (complete, diverged, skipped)."""
+def evaluation_metrics(task, est, data, ev: dict, seed: int, step: int, final: bool,
+                       x_fixed, grad_m: int, device) -> dict:
+    """The task's evaluation and grad_var at a step, with the evaluation noise seeded
+    from (seed, step) so it does not disturb the training stream."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(int(seed) * 1_000_003 + step)
+        metrics = task.evaluate(data, ev, final=final)
+        if grad_m:
+            gv = task.grad_variance(x_fixed, est, grad_m)
+            metrics["grad_var"] = gv
+            metrics["log10_grad_var"] = math.log10(gv) if gv > 0 else -math.inf
+    metrics["temperature"] = getattr(est, "temperature", math.nan)
+    return metrics
+
+
+def run(cfg: dict) -> str | dict:
+    """Train and evaluate one config; returns its status (complete, diverged, skipped).
+    With ``seeds`` set, trains those seeds together (bench.stacked) and returns
+    {seed: status}."""
+    if cfg.get("seeds") is not None:
+        from . import stacked
+
+        return stacked.run(cfg)
     validate(cfg)
     h = config_hash(cfg)
     store = Store(cfg["results_dir"])
@@ -132,14 +153,8 @@ def run(cfg: dict) -> str:
 
     def evaluate(step: int, final: bool) -> None:
         nonlocal obj_sum, obj_count
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(int(cfg["seed"]) * 1_000_003 + step)
-            metrics = task.evaluate(data, ev, final=final)
-            if grad_m:
-                gv = task.grad_variance(x_fixed, est, grad_m)
-                metrics["grad_var"] = gv
-                metrics["log10_grad_var"] = math.log10(gv) if gv > 0 else -math.inf
-        metrics["temperature"] = getattr(est, "temperature", math.nan)
+        metrics = evaluation_metrics(task, est, data, ev, int(cfg["seed"]), step, final,
+                                     x_fixed, grad_m, device)
         if obj_count:
             metrics["train_objective"] = obj_sum.item() / obj_count
             obj_sum, obj_count = torch.zeros((), device=device), 0
