@@ -1,7 +1,7 @@
 """Throughput of the training step, measured against two references in one process.
 
     python -m bench.speed [--steps 300] [--rounds 5] [--threads 1] [--estimator gumbel_softmax]
-                          [--data_dir DIR] [--device cpu] [--out FILE]
+                          [--data_dir DIR] [--device cpu] [--stack 4] [--out FILE]
 
 Categorical VAE 20x10 (784-512-256-200 / 200-256-512-784), batch 100:
 
@@ -10,10 +10,14 @@ Categorical VAE 20x10 (784-512-256-200 / 200-256-512-784), batch 100:
   plain   a plain implementation of the same model and loss: TensorDataset + DataLoader
           (shuffle), nn.Sequential, F.gumbel_softmax, torch.optim.Adam defaults;
   matmul  only the step's 17 matrix products (6 forward, 11 backward) on preallocated
-          tensors: an upper bound on steps/s for any implementation.
+          tensors: an upper bound on steps/s for any implementation;
+  stacked S = --stack seeds trained together by the runner's code for ``seeds=[...]``
+          (bench.stacked.StackedTrainer), reported per model: S * steps / time
+          (0 leaves it out).
 
-The three are timed in interleaved rounds, so load on the machine hits all alike; the
-median over rounds is reported with the ratios runner/plain and runner/matmul.
+They are timed in interleaved rounds, so load on the machine hits all alike; the
+median over rounds is reported with the ratios runner/plain, runner/matmul and
+stacked/plain, stacked/matmul (the matmul bound is per model, so this ratio compares).
 """
 
 from __future__ import annotations
@@ -56,6 +60,27 @@ def runner_steps(data, estimator, device):
     task = tasks.build({"name": "categorical_vae", "latents": N_LAT, "categories": K}, data, device)
     est = estimators.get(estimator)
     trainer = Trainer(task, est, data, BATCH, 1e-3)
+    state = {"t": 0}
+
+    def run(n):
+        for _ in range(n):
+            trainer.step(state["t"])
+            state["t"] += 1
+    return run
+
+
+def stacked_steps(data, estimator, device, size: int):
+    import estimators
+    import tasks
+    from bench.stacked import StackedTrainer
+
+    task_list, gens = [], []
+    for s in range(size):  # as bench.stacked.run builds them
+        torch.manual_seed(s)
+        task_list.append(tasks.build({"name": "categorical_vae", "latents": N_LAT,
+                                      "categories": K}, data, device))
+        gens.append(torch.Generator().set_state(torch.get_rng_state()))
+    trainer = StackedTrainer(task_list, estimators.get(estimator), data, BATCH, 1e-3, gens)
     state = {"t": 0}
 
     def run(n):
@@ -126,7 +151,11 @@ def matmul_steps(device):
     return run
 
 
-def measure(fns: dict, steps: int, rounds: int, device, clock=time.perf_counter) -> dict:
+def measure(fns: dict, steps: int, rounds: int, device, clock=time.perf_counter,
+            models: dict | None = None) -> dict:
+    """Median steps/s of each fn over interleaved rounds; ``models[name]`` (default 1)
+    models trained per step: the rate is then per model."""
+    models = models or {}
     rates = {k: [] for k in fns}
     for fn in fns.values():
         fn(max(5, steps // 10))  # warm up
@@ -138,7 +167,7 @@ def measure(fns: dict, steps: int, rounds: int, device, clock=time.perf_counter)
             fn(steps)
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            rates[name].append(steps / (clock() - t0))
+            rates[name].append(models.get(name, 1) * steps / (clock() - t0))
     return {k: statistics.median(v) for k, v in rates.items()}, rates
 
 
@@ -153,6 +182,8 @@ def main(argv=None) -> int:
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="cpu: this thread's CPU time (robust to other load on the machine; "
                          "CPU device with one thread only)")
+    ap.add_argument("--stack", type=int, default=4,
+                    help="seeds trained together in the 'stacked' variant (0: leave it out)")
     ap.add_argument("--out", default=None, help="also write the figures as JSON here")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -161,24 +192,35 @@ def main(argv=None) -> int:
     fns = {"runner": runner_steps(data, a.estimator, device),
            "plain": plain_steps(data, device),
            "matmul": matmul_steps(device)}
+    if a.stack > 0:
+        fns["stacked"] = stacked_steps(data, a.estimator, device, a.stack)
     if a.clock == "cpu" and (device.type != "cpu" or a.threads != 1):
         ap.error("--clock cpu needs --device cpu and --threads 1")
     clock = time.thread_time if a.clock == "cpu" else time.perf_counter
-    med, all_rates = measure(fns, a.steps, a.rounds, device, clock)
+    med, all_rates = measure(fns, a.steps, a.rounds, device, clock, {"stacked": a.stack})
     info = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "data": source, "estimator": a.estimator, "steps_per_round": a.steps,
             "rounds": a.rounds, "clock": a.clock, "steps_per_s": med, "all_rounds": all_rates,
             "runner_over_plain": med["runner"] / med["plain"],
             "runner_over_matmul_bound": med["runner"] / med["matmul"],
             "plain_over_matmul_bound": med["plain"] / med["matmul"]}
+    if a.stack > 0:
+        info.update(stack=a.stack, stacked_over_plain=med["stacked"] / med["plain"],
+                    stacked_over_runner=med["stacked"] / med["runner"],
+                    stacked_over_matmul_bound=med["stacked"] / med["matmul"])
     print(f"categorical VAE 20x10, batch {BATCH}, {a.estimator}, {device}, "
           f"{info['threads']} thread(s), torch {torch.__version__}, data: {source}")
     print(f"median of {a.rounds} interleaved rounds of {a.steps} steps ({a.clock} clock):")
     for k in fns:
-        print(f"  {k:7s} {med[k]:8.1f} steps/s")
+        per = f" per model ({a.stack} seeds per step)" if k == "stacked" else ""
+        print(f"  {k:7s} {med[k]:8.1f} steps/s{per}")
     print(f"  runner / plain         = {info['runner_over_plain']:.2f}x")
     print(f"  runner / matmul bound  = {info['runner_over_matmul_bound']:.2f}")
     print(f"  plain  / matmul bound  = {info['plain_over_matmul_bound']:.2f}")
+    if a.stack > 0:
+        print(f"  stacked / plain        = {info['stacked_over_plain']:.2f}x")
+        print(f"  stacked / runner       = {info['stacked_over_runner']:.2f}x")
+        print(f"  stacked / matmul bound = {info['stacked_over_matmul_bound']:.2f}")
     if a.out:
         with open(a.out, "w") as fh:
             json.dump(info, fh, indent=1)
