@@ -59,7 +59,11 @@ def runner_steps(data, estimator, device):
     torch.manual_seed(0)
     task = tasks.build({"name": "categorical_vae", "latents": N_LAT, "categories": K}, data, device)
     est = estimators.get(estimator)
-    trainer = Trainer(task, est, data, BATCH, 1e-3)
+    return _stepper(Trainer(task, est, data, BATCH, 1e-3))
+
+
+def _stepper(trainer):
+    """run(n): n more training steps of ``trainer``, its step counter carried on."""
     state = {"t": 0}
 
     def run(n):
@@ -80,14 +84,7 @@ def stacked_steps(data, estimator, device, size: int):
         task_list.append(tasks.build({"name": "categorical_vae", "latents": N_LAT,
                                       "categories": K}, data, device))
         gens.append(torch.Generator().set_state(torch.get_rng_state()))
-    trainer = StackedTrainer(task_list, estimators.get(estimator), data, BATCH, 1e-3, gens)
-    state = {"t": 0}
-
-    def run(n):
-        for _ in range(n):
-            trainer.step(state["t"])
-            state["t"] += 1
-    return run
+    return _stepper(StackedTrainer(task_list, estimators.get(estimator), data, BATCH, 1e-3, gens))
 
 
 def plain_steps(data, device):
@@ -186,6 +183,8 @@ def main(argv=None) -> int:
                     help="seeds trained together in the 'stacked' variant (0: leave it out)")
     ap.add_argument("--out", default=None, help="also write the figures as JSON here")
     a = ap.parse_args(argv)
+    if a.clock == "cpu" and (a.device != "cpu" or a.threads != 1):
+        ap.error("--clock cpu needs --device cpu and --threads 1")
     torch.set_num_threads(a.threads)
     device = torch.device(a.device)
     data, source = load_train(a.data_dir, device)
@@ -194,8 +193,6 @@ def main(argv=None) -> int:
            "matmul": matmul_steps(device)}
     if a.stack > 0:
         fns["stacked"] = stacked_steps(data, a.estimator, device, a.stack)
-    if a.clock == "cpu" and (device.type != "cpu" or a.threads != 1):
-        ap.error("--clock cpu needs --device cpu and --threads 1")
     clock = time.thread_time if a.clock == "cpu" else time.perf_counter
     med, all_rates = measure(fns, a.steps, a.rounds, device, clock, {"stacked": a.stack})
     info = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,

@@ -22,8 +22,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import statistics
-import time
 import warnings
 import zlib
 
@@ -251,7 +249,7 @@ class StackedTrainer:
 def run(cfg: dict) -> dict:
     """Train the seeds of ``cfg['seeds']`` together; each is recorded as the single run
     with that seed. Returns {seed: status}."""
-    from .train import _fmt_eta, _sync, evaluation_metrics, git_sha
+    from .train import StepClock, evaluation_metrics, git_sha
 
     validate(cfg)
     store = Store(cfg["results_dir"])
@@ -305,26 +303,21 @@ def run(cfg: dict) -> dict:
     every = int(ev["every"])
     grad_m = int(ev.get("grad_samples", 0))
     x_fixed = data.eval_split("train")[:bs]
-    t_start = time.perf_counter()
-    times: list[float] = []
+    clock = StepClock(device, steps, float(cfg.get("progress", {}).get("every_s", 10)),
+                      unit="stacked steps/s")
     obj_sum = torch.zeros(len(active), device=device)
     obj_count = 0
-    last_print = t_start
-    train_time = 0.0
 
-    def evaluate(step: int, final: bool) -> None:
+    def evaluate(step: int, final: bool = False) -> None:
         nonlocal obj_sum, obj_count
-        wall = None
         for i, a in enumerate(active):
             trainer.load_into(i, a["task"])
             metrics = evaluation_metrics(a["task"], est, data, ev, int(a["seed"]), step, final,
                                          x_fixed, grad_m, device)
             if obj_count:
                 metrics["train_objective"] = obj_sum[i].item() / obj_count
-            if times:
-                metrics["step_time_s"] = statistics.median(times)
-                metrics["train_time_s"] = train_time
-            wall = time.perf_counter() - t_start
+            metrics.update(clock.timing_metrics())
+            wall = clock.wall()
             if final:
                 metrics["wall_s"] = wall
             a["rec"].write(step, metrics, wall)
@@ -334,19 +327,16 @@ def run(cfg: dict) -> dict:
         obj_sum, obj_count = torch.zeros(len(active), device=device), 0
 
     if ev.get("at_start", True):
-        evaluate(0, final=False)
-        last_print = time.perf_counter()
-    sync_each = device.type != "cuda"
-    window_t0, window_n = time.perf_counter(), 0
+        evaluate(0)
+    clock.start()
     for step in range(1, steps + 1):
         obj_sum += trainer.step(step - 1)
         obj_count += 1
-        window_n += 1
         check = step % check_every == 0
         if check:
             finite = torch.isfinite(obj_sum).tolist()
             if not all(finite):
-                wall = time.perf_counter() - t_start
+                wall = clock.wall()
                 for a, ok in zip(active, finite):
                     if not ok:
                         log.warning(f"[{a['label']}] diverged: non-finite objective or "
@@ -361,23 +351,9 @@ def run(cfg: dict) -> dict:
                 trainer.keep(rows)
                 obj_sum = obj_sum[rows]
         is_eval = step % every == 0 or step == steps
-        if not (sync_each or check or is_eval):
-            continue
-        _sync(device)
-        t1 = time.perf_counter()
-        times.append((t1 - window_t0) / window_n)
-        train_time += t1 - window_t0
-        if is_eval:
-            evaluate(step, final=step == steps)
-            t1 = last_print = time.perf_counter()
-        elif t1 - last_print >= float(cfg.get("progress", {}).get("every_s", 10)):
-            rate = step / train_time
-            log.info(f"[{name}|seeds={[a['seed'] for a in active]}] step {step}/{steps} "
-                     f"({100 * step / steps:.0f}%) {rate:.1f} stacked steps/s "
-                     f"ETA {_fmt_eta((steps - step) / rate)}")
-            last_print = t1
-        window_t0, window_n = t1, 0
-    wall = time.perf_counter() - t_start
+        clock.after_step(step, check, is_eval, lambda t: evaluate(t, final=t == steps),
+                         f"{name}|seeds={[a['seed'] for a in active]}")
+    wall = clock.wall()
     for i, a in enumerate(active):
         if tr.get("save_model", True) and isinstance(a["task"], torch.nn.Module):
             trainer.load_into(i, a["task"])

@@ -47,6 +47,56 @@ def _fmt_eta(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+class StepClock:
+    """Times the training steps and prints progress lines, for one run or a stack.
+
+    On CPU every step is timed; on a GPU the host waits only at the NaN checks and
+    evaluations, and each window between them gives one per-step time. Time spent
+    in evaluations is not counted as training time."""
+
+    def __init__(self, device, steps: int, every_s: float, unit: str = "steps/s"):
+        self.device, self.steps, self.every_s, self.unit = device, steps, every_s, unit
+        self.sync_each = device.type != "cuda"
+        self.t_start = time.perf_counter()
+        self.times: list[float] = []  # one per-step time per window
+        self.train_time = 0.0  # seconds spent in training steps (evaluations excluded)
+        self.last_print = self.t_start
+        self.window_t0, self.window_n = self.t_start, 0
+
+    def wall(self) -> float:
+        return time.perf_counter() - self.t_start
+
+    def start(self) -> None:
+        """Training begins (after the evaluation at step 0)."""
+        self.window_t0 = self.last_print = time.perf_counter()
+        self.window_n = 0
+
+    def timing_metrics(self) -> dict:
+        if not self.times:
+            return {}
+        return {"step_time_s": statistics.median(self.times), "train_time_s": self.train_time}
+
+    def after_step(self, step: int, check: bool, is_eval: bool, evaluate, label: str) -> None:
+        """Close the timing window where the host waits anyway (or on every CPU step),
+        run ``evaluate(step)`` if due, and print a progress line now and then."""
+        self.window_n += 1
+        if not (self.sync_each or check or is_eval):
+            return
+        _sync(self.device)
+        t1 = time.perf_counter()
+        self.times.append((t1 - self.window_t0) / self.window_n)
+        self.train_time += t1 - self.window_t0
+        if is_eval:
+            evaluate(step)
+            t1 = self.last_print = time.perf_counter()
+        elif t1 - self.last_print >= self.every_s:
+            rate = step / self.train_time
+            log.info(f"[{label}] step {step}/{self.steps} ({100 * step / self.steps:.0f}%) "
+                     f"{rate:.1f} {self.unit} ETA {_fmt_eta((self.steps - step) / rate)}")
+            self.last_print = t1
+        self.window_t0, self.window_n = t1, 0
+
+
 def make_optimizer(params, lr: float):
     params = list(params)
     try:  # one fused kernel for the whole update where this torch build has it
@@ -144,24 +194,19 @@ def run(cfg: dict) -> str | dict:
     every = int(ev["every"])
     grad_m = int(ev.get("grad_samples", 0))
     x_fixed = data.eval_split("train")[:bs]  # the fixed minibatch for grad_var
-    t_start = time.perf_counter()
-    times: list[float] = []
+    clock = StepClock(device, steps, float(cfg.get("progress", {}).get("every_s", 10)))
     obj_sum = torch.zeros((), device=device)
     obj_count = 0
-    last_print = t_start
-    train_time = 0.0  # seconds spent in training steps (evaluations excluded)
 
-    def evaluate(step: int, final: bool) -> None:
+    def evaluate(step: int, final: bool = False) -> None:
         nonlocal obj_sum, obj_count
         metrics = evaluation_metrics(task, est, data, ev, int(cfg["seed"]), step, final,
                                      x_fixed, grad_m, device)
         if obj_count:
             metrics["train_objective"] = obj_sum.item() / obj_count
             obj_sum, obj_count = torch.zeros((), device=device), 0
-        if times:
-            metrics["step_time_s"] = statistics.median(times)
-            metrics["train_time_s"] = train_time
-        wall = time.perf_counter() - t_start
+        metrics.update(clock.timing_metrics())
+        wall = clock.wall()
         if final:
             metrics["wall_s"] = wall
         rec.write(step, metrics, wall)
@@ -170,41 +215,22 @@ def run(cfg: dict) -> str | dict:
         log.info(f"[{label}] step {step}/{steps} {shown}")
 
     if ev.get("at_start", True):
-        evaluate(0, final=False)
-        last_print = time.perf_counter()
+        evaluate(0)
     task.train()
-    # On CPU every step is timed; on a GPU the host waits only at the NaN checks and
-    # evaluations, and each window between them gives one per-step time.
-    sync_each = device.type != "cuda"
-    window_t0, window_n = time.perf_counter(), 0
+    clock.start()
     for step in range(1, steps + 1):
         obj_sum += trainer.step(step - 1)
         obj_count += 1
-        window_n += 1
         check = step % check_every == 0
         if check and not torch.isfinite(obj_sum):
             log.warning(f"[{label}] diverged: non-finite objective or gradient at step {step}")
-            rec.write(step, {"diverged": step}, time.perf_counter() - t_start)
+            rec.write(step, {"diverged": step}, clock.wall())
             rec.finish("diverged", step=step)
             return "diverged"
         is_eval = step % every == 0 or step == steps
-        if not (sync_each or check or is_eval):
-            continue
-        _sync(device)
-        t1 = time.perf_counter()
-        times.append((t1 - window_t0) / window_n)
-        train_time += t1 - window_t0
-        if is_eval:
-            evaluate(step, final=step == steps)
-            t1 = last_print = time.perf_counter()
-        elif t1 - last_print >= float(cfg.get("progress", {}).get("every_s", 10)):
-            rate = step / train_time  # training steps only, evaluations excluded
-            log.info(f"[{label}] step {step}/{steps} ({100 * step / steps:.0f}%) "
-                     f"{rate:.1f} steps/s ETA {_fmt_eta((steps - step) / rate)}")
-            last_print = t1
-        window_t0, window_n = t1, 0
+        clock.after_step(step, check, is_eval, lambda t: evaluate(t, final=t == steps), label)
     if tr.get("save_model", True) and isinstance(task, torch.nn.Module):
         rec.save_model(task.state_dict())
-    rec.finish("complete", wall_s=time.perf_counter() - t_start)
-    log.info(f"[{label}] complete in {time.perf_counter() - t_start:.1f}s")
+    rec.finish("complete", wall_s=clock.wall())
+    log.info(f"[{label}] complete in {clock.wall():.1f}s")
     return "complete"
