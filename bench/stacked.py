@@ -218,12 +218,12 @@ class StackedTrainer:
         obj = self._objective(self.views(), self.next_batch())  # (S,)
         self.opt.zero_grad(set_to_none=True)
         obj.sum().backward()
-        gsum = torch.zeros_like(obj.detach())
-        for p in self.params.values():
-            if p.grad is not None:
-                gsum = gsum + p.grad.flatten(1).sum(1)
         self.opt.step()
-        return obj.detach() + 0.0 * gsum
+        # a non-finite gradient element makes Adam's update NaN, and so does an update
+        # that overflows: a seed whose parameters are not all finite has diverged here
+        ok = torch.stack([torch.isfinite(p.detach()).flatten(1).all(1)
+                          for p in self.params.values()]).all(0)
+        return obj.detach().masked_fill(~ok, math.nan)
 
     def keep(self, rows: list[int]) -> None:
         """Go on with the seeds at positions ``rows`` only (the others diverged): their

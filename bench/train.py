@@ -17,6 +17,7 @@ import tasks
 from tasks import datasets
 
 from .config import build_estimator, check_device, config_hash, validate
+from .optim import make_optimizer
 from .results import Store
 
 log = logging.getLogger("bench")
@@ -74,7 +75,9 @@ class StepClock:
     def timing_metrics(self) -> dict:
         if not self.times:
             return {}
-        return {"step_time_s": statistics.median(self.times), "train_time_s": self.train_time}
+        med = statistics.median(self.times)
+        return {"step_time_s": med, "steps_per_s": 1.0 / med if med > 0 else math.inf,
+                "train_time_s": self.train_time}
 
     def after_step(self, step: int, check: bool, is_eval: bool, evaluate, label: str) -> None:
         """Close the timing window where the host waits anyway (or on every CPU step),
@@ -97,18 +100,18 @@ class StepClock:
         self.window_t0, self.window_n = t1, 0
 
 
-def make_optimizer(params, lr: float):
-    params = list(params)
-    try:  # one fused kernel for the whole update where this torch build has it
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(params, lr=lr)
-
-
 class Trainer:
     """The training step: the dataset stays on the device as one tensor and is
     walked by a fresh randperm each epoch (no DataLoader); one estimator call,
-    one backward, one Adam update."""
+    one backward, one Adam update.
+
+    Non-finite numbers: ``step(check=True)`` looks at the objective before the
+    update and makes none if it is not finite. A non-finite gradient needs no pass
+    of its own over the gradients: Adam turns any non-finite gradient element into a
+    NaN parameter, which makes the next objective NaN, and ``params_finite`` then
+    tells that it was the previous step's gradient. The runner checks the
+    parameters before each evaluation as well, so a NaN from the last step's
+    gradient is never evaluated or saved."""
 
     def __init__(self, task, est, data, batch_size: int, lr: float):
         self.task, self.est, self.data = task, est, data
@@ -125,17 +128,24 @@ class Trainer:
         self.pos += self.batch_size
         return self.data.train_batch(idx)
 
-    def step(self, step: int) -> torch.Tensor:
-        """One update; returns the (detached) training objective, made non-finite when
-        any gradient is (0 * inf = nan), so the caller's one check sees both."""
+    def step(self, step: int, check: bool = False) -> torch.Tensor:
+        """One update; returns the (detached) training objective. With ``check``, a
+        non-finite objective is returned without updating (a host sync on GPU)."""
         self.est.set_step(step)
         obj, _ = self.task.loss(self.next_batch(), self.est)
         self.opt.zero_grad(set_to_none=True)
         obj.backward()
-        grads = [p.grad for g in self.opt.param_groups for p in g["params"] if p.grad is not None]
-        gsum = torch.stack([g.sum() for g in grads]).sum() if grads else 0.0
+        obj = obj.detach()
+        if check and not torch.isfinite(obj):
+            return obj
         self.opt.step()
-        return obj.detach() + 0.0 * gsum
+        return obj
+
+    def params_finite(self) -> bool:
+        """Whether every trained parameter (the estimator's own ones too) is finite."""
+        ps = [p for g in self.opt.param_groups for p in g["params"]]
+        ps += list(self.est.extra_parameters())
+        return bool(torch.stack([torch.isfinite(p).all() for p in ps]).all()) if ps else True
 
 
 def evaluation_metrics(task, est, data, ev: dict, seed: int, step: int, final: bool,
@@ -218,16 +228,26 @@ def run(cfg: dict) -> str | dict:
         evaluate(0)
     task.train()
     clock.start()
+
+    def diverged(step: int) -> str:
+        log.warning(f"[{label}] diverged: non-finite objective or gradient at step {step}")
+        rec.write(step, {"diverged": step}, clock.wall())
+        rec.finish("diverged", step=step)
+        return "diverged"
+
     for step in range(1, steps + 1):
-        obj_sum += trainer.step(step - 1)
-        obj_count += 1
         check = step % check_every == 0
+        obj_sum += trainer.step(step - 1, check=check)
+        obj_count += 1
         if check and not torch.isfinite(obj_sum):
-            log.warning(f"[{label}] diverged: non-finite objective or gradient at step {step}")
-            rec.write(step, {"diverged": step}, clock.wall())
-            rec.finish("diverged", step=step)
-            return "diverged"
+            # the objective of this step is computed from the parameters that the
+            # previous step's update produced: if they are not finite, that step's
+            # gradient was (with check_every > 1, the step is the check's)
+            before = check_every == 1 and step > 1 and not trainer.params_finite()
+            return diverged(step - 1 if before else step)
         is_eval = step % every == 0 or step == steps
+        if is_eval and not trainer.params_finite():  # this step's gradient
+            return diverged(step)
         clock.after_step(step, check, is_eval, lambda t: evaluate(t, final=t == steps), label)
     if tr.get("save_model", True) and isinstance(task, torch.nn.Module):
         rec.save_model(task.state_dict())

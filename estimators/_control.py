@@ -34,7 +34,14 @@ from __future__ import annotations
 import torch
 
 from ._conditional import conditional_gumbel
-from .base import Estimator, EstimatorConfigError, EstimatorOutput, gumbel_like, one_hot_argmax
+from .base import (
+    Estimator,
+    EstimatorConfigError,
+    EstimatorOutput,
+    gumbel_like,
+    one_hot_argmax,
+    softmax,
+)
 
 Tensor = torch.Tensor
 
@@ -87,7 +94,7 @@ class ControlVariateEstimator(Estimator):
             c = self.control_variate(torch.stack([z, z_tilde]), f)  # (2, B)
             (dc,) = torch.autograd.grad(c[0].sum() - c[1].sum(), theta, create_graph=train)
             f_b = f(b)
-            score = b - torch.softmax(theta.detach(), -1)  # d/dtheta log q(b)
+            score = b - softmax(theta.detach())  # d/dtheta log q(b)
             g = (f_b.detach() - c[1])[:, None, None] * score + dc  # (B, N, K), per example
             if train:
                 phi = opt.param_groups[0]["params"]

@@ -9,9 +9,8 @@ with tau on the Gumbel-Softmax schedule tau_t = max(tau_min, tau_0 exp(-r t))
 (``estimators.base.Temperature``). tau = 1 is plain straight-through.
 """
 
-import torch
 
-from .base import EstimatorOutput, TemperatureEstimator, register, sample_one_hot
+from .base import EstimatorOutput, TemperatureEstimator, register, sample_one_hot, softmax
 
 
 @register("annealed_st")
@@ -19,7 +18,7 @@ class AnnealedST(TemperatureEstimator):
     hard_forward = True
 
     def estimate(self, logits, f):
-        p = torch.softmax(logits / self.temperature, -1)
+        p = softmax(logits / self.temperature)
         z = sample_one_hot(logits.detach())
         loss = f(z + p - p.detach())
         return EstimatorOutput(loss=loss, surrogate=loss.mean(), sample=z)

@@ -210,6 +210,36 @@ class TemperatureEstimator(Estimator):
         return {"temperature": self.schedule.tau0}
 
 
+# --- softmax over the K categories -------------------------------------------
+
+# torch's CPU softmax kernels for the last dimension process one row at a time and
+# are slow when that dimension is shorter than a vector register (K < 16 floats):
+# for (100, 20, 10), forward and backward take ~0.5 ms, several times a matrix
+# product of the step (torch 2.14). Over a non-last dimension the kernel vectorises
+# across the rows instead, so for small K on CPU the categories are moved to the
+# front, normalised there and moved back: the same function, 3-4x faster.
+_SMALL_K = 16
+_MIN_ELEMENTS = 4096
+
+
+def _categories_first(x: Tensor) -> bool:
+    return x.device.type == "cpu" and x.shape[-1] < _SMALL_K and x.numel() >= _MIN_ELEMENTS
+
+
+def softmax(x: Tensor) -> Tensor:
+    """softmax over the last dimension (the K categories)."""
+    if _categories_first(x):
+        return torch.softmax(x.movedim(-1, 0).contiguous(), 0).movedim(0, -1).contiguous()
+    return torch.softmax(x, -1)
+
+
+def log_softmax(x: Tensor) -> Tensor:
+    """log_softmax over the last dimension (the K categories)."""
+    if _categories_first(x):
+        return torch.log_softmax(x.movedim(-1, 0).contiguous(), 0).movedim(0, -1).contiguous()
+    return torch.log_softmax(x, -1)
+
+
 # --- sampling helpers -------------------------------------------------------
 
 def uniform(shape, like: Tensor) -> Tensor:
@@ -244,4 +274,4 @@ def sample_one_hot(logits: Tensor) -> Tensor:
 
 def log_prob_one_hot(logits: Tensor, z: Tensor) -> Tensor:
     """log q(z) summed over the N variables: (..., B, N, K) -> (..., B)."""
-    return (torch.log_softmax(logits, -1) * z).sum((-1, -2))
+    return (log_softmax(logits) * z).sum((-1, -2))

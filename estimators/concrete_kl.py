@@ -17,7 +17,14 @@ Paper defaults for K = 2: lambda_1 = 2/3, lambda_2 = 1/2.
 
 import torch
 
-from .base import EstimatorOutput, TemperatureEstimator, check_positive, gumbel_like, register
+from .base import (
+    EstimatorOutput,
+    TemperatureEstimator,
+    check_positive,
+    gumbel_like,
+    log_softmax,
+    register,
+)
 from .kl import exp_concrete_log_prob
 
 
@@ -33,7 +40,7 @@ class ConcreteKL(TemperatureEstimator):
         self.prior_temperature = check_positive("estimator.prior_temperature", prior_temperature)
 
     def estimate(self, logits, f):
-        y = torch.log_softmax((logits + gumbel_like(logits)) / self.temperature, -1)
+        y = log_softmax((logits + gumbel_like(logits)) / self.temperature)
         x = y.exp()
         loss = f(x)
         return EstimatorOutput(loss=loss, surrogate=loss.mean(), sample=x, log_sample=y)

@@ -14,7 +14,7 @@ d f(z) at the sample.
 
 import torch
 
-from .base import Estimator, EstimatorOutput, register, sample_one_hot
+from .base import Estimator, EstimatorOutput, log_softmax, register, sample_one_hot
 
 
 @register("darn")
@@ -31,6 +31,6 @@ class DARN(Estimator):
             fz = f(z)
             (fp,) = torch.autograd.grad(fz.sum(), z, retain_graph=True)
         signal = (fp * (z.detach() - 1.0 / k)).sum(-1)  # (B, N)
-        log_q = (torch.log_softmax(logits, -1) * z.detach()).sum(-1)  # per variable
+        log_q = (log_softmax(logits) * z.detach()).sum(-1)  # per variable
         surrogate = fz.mean() + (signal * (log_q - log_q.detach())).sum() / logits.shape[0]
         return EstimatorOutput(loss=fz, surrogate=surrogate, sample=z.detach())

@@ -13,11 +13,17 @@ the cost over ST-GS is M softmaxes. Same expectation as ST-GS, lower variance;
 biased for the discrete objective like ST-GS. M = ``samples``.
 """
 
-import torch
 
 from ._conditional import conditional_gumbel
 from ._multisample import check_samples
-from .base import EstimatorOutput, TemperatureEstimator, gumbel_like, one_hot_argmax, register
+from .base import (
+    EstimatorOutput,
+    TemperatureEstimator,
+    gumbel_like,
+    one_hot_argmax,
+    register,
+    softmax,
+)
 
 
 @register("gumbel_rao")
@@ -32,6 +38,6 @@ class GumbelRao(TemperatureEstimator):
     def estimate(self, logits, f):
         d = one_hot_argmax(logits.detach() + gumbel_like(logits))
         noise = (conditional_gumbel(logits.detach(), d, (self.samples,)) - logits.detach())
-        y = torch.softmax((logits + noise) / self.temperature, -1).mean(0)
+        y = softmax((logits + noise) / self.temperature).mean(0)
         loss = f(d + y - y.detach())
         return EstimatorOutput(loss=loss, surrogate=loss.mean(), sample=d)

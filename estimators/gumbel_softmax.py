@@ -10,11 +10,18 @@ backpropagates through y.
 
 import torch
 
-from .base import EstimatorOutput, TemperatureEstimator, gumbel_like, one_hot_argmax, register
+from .base import (
+    EstimatorOutput,
+    TemperatureEstimator,
+    gumbel_like,
+    one_hot_argmax,
+    register,
+    softmax,
+)
 
 
 def relaxed_sample(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    return torch.softmax((logits + gumbel_like(logits)) / temperature, -1)
+    return softmax((logits + gumbel_like(logits)) / temperature)
 
 
 @register("gumbel_softmax")

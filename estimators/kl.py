@@ -7,6 +7,8 @@ import math
 
 import torch
 
+from .base import log_softmax
+
 Tensor = torch.Tensor
 
 
@@ -14,13 +16,12 @@ def categorical_kl(logits: Tensor, prior_logits: Tensor | None = None) -> Tensor
     """KL(q || p) summed over the N variables, (B, N, K) -> (B,).
 
     Each of the N variables has its own softmax over its K categories; the
-    prior defaults to uniform.
+    prior defaults to uniform (log p_k = -log K).
     """
-    log_q = torch.log_softmax(logits, -1)
+    log_q = log_softmax(logits)
     if prior_logits is None:
-        log_p = torch.full_like(log_q, -math.log(logits.shape[-1]))
-    else:
-        log_p = torch.log_softmax(prior_logits, -1).expand_as(log_q)
+        return (log_q.exp() * (log_q + math.log(logits.shape[-1]))).sum((-1, -2))
+    log_p = torch.log_softmax(prior_logits, -1).expand_as(log_q)
     return (log_q.exp() * (log_q - log_p)).sum((-1, -2))
 
 

@@ -15,7 +15,14 @@ Parameters inside f get d f(z) at the sample.
 
 import torch
 
-from .base import Estimator, EstimatorOutput, log_prob_one_hot, register, sample_one_hot
+from .base import (
+    Estimator,
+    EstimatorOutput,
+    log_prob_one_hot,
+    register,
+    sample_one_hot,
+    softmax,
+)
 
 
 @register("muprop")
@@ -26,7 +33,7 @@ class MuProp(Estimator):
         super().__init__()
 
     def estimate(self, logits, f):
-        p = torch.softmax(logits, -1)
+        p = softmax(logits)
         z = sample_one_hot(logits.detach())
         with torch.enable_grad():
             zbar = p.detach().requires_grad_(True)

@@ -19,7 +19,7 @@ import math
 import torch
 
 from ._control import ControlVariateEstimator
-from .base import EstimatorConfigError, check_positive, register
+from .base import EstimatorConfigError, check_positive, register, softmax
 
 
 @register("rebar")
@@ -42,7 +42,7 @@ class Rebar(ControlVariateEstimator):
         return [self.eta, self.log_lam] if self.learn_temperature else [self.eta]
 
     def control_variate(self, z, f):
-        return self.eta * f(torch.softmax(z / self.log_lam.exp(), -1))
+        return self.eta * f(softmax(z / self.log_lam.exp()))
 
     @property
     def temperature(self) -> float:

@@ -23,6 +23,7 @@ from .base import (
     TemperatureEstimator,
     register,
     sample_one_hot,
+    softmax,
 )
 
 
@@ -50,9 +51,9 @@ class ReinMax(TemperatureEstimator):
                 f"estimator.min_temperature must be >= 1 for reinmax, got {min_temperature!r}")
 
     def estimate(self, logits, f):
-        pi0 = torch.softmax(logits.detach(), -1)
+        pi0 = softmax(logits.detach())
         d = sample_one_hot(logits.detach())
-        pi1 = 0.5 * (d + torch.softmax(logits.detach() / self.temperature, -1))
+        pi1 = 0.5 * (d + softmax(logits.detach() / self.temperature))
         z = d + 2.0 * jacobian_at(pi1, logits) - 0.5 * jacobian_at(pi0, logits)
         loss = f(z)
         return EstimatorOutput(loss=loss, surrogate=loss.mean(), sample=d)

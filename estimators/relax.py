@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from ._control import ControlVariateEstimator
-from .base import EstimatorConfigError, check_positive, register
+from .base import EstimatorConfigError, check_positive, register, softmax
 
 _ACT = {"elu": nn.ELU, "tanh": nn.Tanh, "softplus": nn.Softplus}
 
@@ -80,7 +80,7 @@ class Relax(ControlVariateEstimator):
         w = self.net[0].weight
         c = self.net(z.flatten(-2).to(w.dtype)).squeeze(-1).to(z.dtype)
         if self.relaxed_f:
-            c = c + self.eta * f(torch.softmax(z / self.log_lam.exp(), -1))
+            c = c + self.eta * f(softmax(z / self.log_lam.exp()))
         return c
 
     @property

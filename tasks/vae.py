@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from estimators import categorical_kl
-from estimators.base import sample_one_hot
+from estimators.base import log_softmax, sample_one_hot
 
 from .base import TaskConfigError, register
 
@@ -103,7 +103,7 @@ class VAE(nn.Module):
         estimators that take the KL as a sampled term (kl == "sampled")."""
         if estimator.kl != "sampled":
             return lambda z: self.recon(x, z)
-        log_q = torch.log_softmax(logits, -1)
+        log_q = log_softmax(logits)
         log_p = self.log_prior()
         if log_p is None:
             log_p = torch.full_like(log_q[0], -math.log(self.k))
@@ -126,7 +126,7 @@ class VAE(nn.Module):
     def nll(self, x, samples: int, max_floats: float = 2e7):
         """Importance-sampled -log p(x) with ``samples`` draws from q(z|x)."""
         logits = self.logits(x)
-        log_q = torch.log_softmax(logits, -1)
+        log_q = log_softmax(logits)
         log_p = self.log_prior()
         if log_p is None:
             log_p = torch.full_like(log_q[0], -math.log(self.k))

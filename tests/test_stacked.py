@@ -20,7 +20,7 @@ from tasks import datasets
 
 SMALL = ["task.encoder_hidden=[32]", "task.decoder_hidden=[32]", "train.steps=12",
          "eval.every=6", "eval.grad_samples=4", "eval.nll_samples=4", "train.batch_size=50"]
-TIMES = {"step_time_s", "train_time_s", "wall_s"}
+TIMES = {"step_time_s", "steps_per_s", "train_time_s", "wall_s"}
 
 
 def cfg_for(tmp_path, *overrides):
