@@ -20,7 +20,8 @@ class ConfigError(ValueError):
 
 # keys that do not change the numbers a run produces; ``seeds`` (several seeds trained
 # together) is recorded as one run per seed, each under the config of its single run
-NON_SEMANTIC = ("results_dir", "data_dir", "skip_complete", "progress", "threads", "seeds")
+NON_SEMANTIC = ("results_dir", "data_dir", "skip_complete", "progress", "threads", "seeds",
+                "flush_denormal")
 
 
 def config_hash(cfg: dict) -> str:
@@ -76,6 +77,15 @@ def check_device(device: str) -> torch.device:
     return dev
 
 
+def apply_cpu_settings(cfg: dict) -> None:
+    """The run's CPU settings: torch's intra-op threads, and flushing subnormal floats
+    to zero (``flush_denormal``, on by default). torch sets the latter for the calling
+    thread, the one that runs a step with ``threads=1``."""
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    torch.set_flush_denormal(bool(cfg.get("flush_denormal", True)))
+
+
 def validate(cfg: dict) -> None:
     """Raise a one-line error for anything that would fail or mislead later."""
     try:
@@ -91,6 +101,9 @@ def validate(cfg: dict) -> None:
             raise ConfigError("eval.grad_samples must be 0 (off) or >= 2, got 1")
         if cfg.get("threads") is not None:
             _int(cfg, "threads", 1)
+        if not isinstance(cfg.get("flush_denormal", True), bool):
+            raise ConfigError(
+                f"flush_denormal must be true or false, got {cfg['flush_denormal']!r}")
         check_device(str(_get(cfg, "device")))
         est = build_estimator(cfg)
         task_name, task_kwargs = _split_named(cfg, "task")

@@ -137,6 +137,7 @@ def main(argv=None) -> int:
     import estimators
 
     torch.set_num_threads(a.threads)
+    torch.set_flush_denormal(True)  # as every run of `bench run` (flush_denormal)
     device = torch.device(a.device)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     clock = time.thread_time if a.clock == "cpu" else time.perf_counter

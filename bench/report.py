@@ -94,7 +94,7 @@ PUBLISHED = {
 
 # config keys that do not change a run's numbers (nor its row)
 _NOT_IN_ROW = {"results_dir", "data_dir", "skip_complete", "progress", "threads", "device",
-               "seed", "estimator"}
+               "seed", "estimator", "flush_denormal"}
 _NOT_IN_ROW_TRAIN = {"save_model", "check_every"}
 
 

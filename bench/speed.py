@@ -1,23 +1,34 @@
 """Throughput of the training step, measured against two references in one process.
 
-    python -m bench.speed [--steps 300] [--rounds 5] [--threads 1] [--estimator gumbel_softmax]
-                          [--data_dir DIR] [--device cpu] [--stack 4] [--out FILE]
+    python -m bench.speed [--steps 300] [--rounds 5] [--warmup 1000] [--threads 1]
+                          [--estimator gumbel_softmax] [--data_dir DIR] [--device cpu]
+                          [--stack 4] [--out FILE]
 
 Categorical VAE 20x10 (784-512-256-200 / 200-256-512-784), batch 100:
 
   runner  this suite's Trainer (bench.train): data resident on the device, randperm batches,
-          the estimator contract, fused Adam;
+          the estimator contract, fused Adam, subnormals flushed to zero (``flush_denormal``,
+          on in every run of ``bench run``);
   plain   a plain implementation of the same model and loss: TensorDataset + DataLoader
-          (shuffle), nn.Sequential, F.gumbel_softmax, torch.optim.Adam defaults;
+          (shuffle), nn.Sequential, F.gumbel_softmax, torch.optim.Adam defaults, torch's
+          default floating-point mode (subnormals kept);
+  plain_ftz  the same plain implementation with subnormals flushed to zero, to separate
+          that one setting from the rest (on CPU only);
   matmul  only the step's 17 matrix products (6 forward, 11 backward) on preallocated
           tensors: an upper bound on steps/s for any implementation;
   stacked S = --stack seeds trained together by the runner's code for ``seeds=[...]``
           (bench.stacked.StackedTrainer), reported per model: S * steps / time
           (0 leaves it out).
 
-They are timed in interleaved rounds, so load on the machine hits all alike; the
-median over rounds is reported with the ratios runner/plain, runner/matmul and
-stacked/plain, stacked/matmul (the matmul bound is per model, so this ratio compares).
+Each first trains ``--warmup`` steps (default 1000): after a few hundred steps of
+Adam on MNIST, the first moments of parameters whose gradient is exactly zero
+(weights of always-blank pixels, dead units) decay into subnormal floats and stay
+there (0.9 times the smallest subnormal rounds back to it), and every later step
+pays for arithmetic on them unless they are flushed; a timing of the first steps
+alone would miss that. Then they are timed in interleaved rounds, so load on the
+machine hits all alike; the median over rounds is reported with the ratios
+runner/plain, runner/plain_ftz, runner/matmul and stacked/plain, stacked/matmul
+(the matmul bound is per model, so this ratio compares).
 """
 
 from __future__ import annotations
@@ -149,15 +160,19 @@ def matmul_steps(device):
 
 
 def measure(fns: dict, steps: int, rounds: int, device, clock=time.perf_counter,
-            models: dict | None = None) -> dict:
-    """Median steps/s of each fn over interleaved rounds; ``models[name]`` (default 1)
-    models trained per step: the rate is then per model."""
-    models = models or {}
+            models: dict | None = None, flush: dict | None = None,
+            warmup: int | None = None) -> dict:
+    """Median steps/s of each fn over interleaved rounds, after ``warmup`` steps each
+    (default steps // 10); ``models[name]`` (default 1) models trained per step: the
+    rate is then per model; ``flush[name]``: subnormals flushed to zero while it runs."""
+    models, flush = models or {}, flush or {}
     rates = {k: [] for k in fns}
-    for fn in fns.values():
-        fn(max(5, steps // 10))  # warm up
+    for name, fn in fns.items():
+        torch.set_flush_denormal(flush.get(name, False))
+        fn(max(5, steps // 10) if warmup is None else warmup)
     for _ in range(rounds):
         for name, fn in fns.items():
+            torch.set_flush_denormal(flush.get(name, False))
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = clock()
@@ -165,6 +180,7 @@ def measure(fns: dict, steps: int, rounds: int, device, clock=time.perf_counter,
             if device.type == "cuda":
                 torch.cuda.synchronize()
             rates[name].append(models.get(name, 1) * steps / (clock() - t0))
+    torch.set_flush_denormal(False)
     return {k: statistics.median(v) for k, v in rates.items()}, rates
 
 
@@ -172,6 +188,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.speed", description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1000,
+                    help="steps each variant trains before timing (steady state)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--estimator", default="gumbel_softmax")
     ap.add_argument("--data_dir", default=os.environ.get("BENCH_DATA_DIR", "data"))
@@ -189,29 +207,39 @@ def main(argv=None) -> int:
     device = torch.device(a.device)
     data, source = load_train(a.data_dir, device)
     fns = {"runner": runner_steps(data, a.estimator, device),
-           "plain": plain_steps(data, device),
-           "matmul": matmul_steps(device)}
+           "plain": plain_steps(data, device)}
+    if device.type == "cpu":
+        fns["plain_ftz"] = plain_steps(data, device)
+    fns["matmul"] = matmul_steps(device)
     if a.stack > 0:
         fns["stacked"] = stacked_steps(data, a.estimator, device, a.stack)
     clock = time.thread_time if a.clock == "cpu" else time.perf_counter
-    med, all_rates = measure(fns, a.steps, a.rounds, device, clock, {"stacked": a.stack})
+    flush = {"runner": True, "plain_ftz": True, "stacked": True}
+    med, all_rates = measure(fns, a.steps, a.rounds, device, clock, {"stacked": a.stack},
+                             flush, a.warmup)
     info = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "data": source, "estimator": a.estimator, "steps_per_round": a.steps,
-            "rounds": a.rounds, "clock": a.clock, "steps_per_s": med, "all_rounds": all_rates,
+            "rounds": a.rounds, "warmup": a.warmup, "clock": a.clock, "steps_per_s": med,
+            "all_rounds": all_rates,
             "runner_over_plain": med["runner"] / med["plain"],
             "runner_over_matmul_bound": med["runner"] / med["matmul"],
             "plain_over_matmul_bound": med["plain"] / med["matmul"]}
+    if "plain_ftz" in med:
+        info["runner_over_plain_ftz"] = med["runner"] / med["plain_ftz"]
     if a.stack > 0:
         info.update(stack=a.stack, stacked_over_plain=med["stacked"] / med["plain"],
                     stacked_over_runner=med["stacked"] / med["runner"],
                     stacked_over_matmul_bound=med["stacked"] / med["matmul"])
     print(f"categorical VAE 20x10, batch {BATCH}, {a.estimator}, {device}, "
           f"{info['threads']} thread(s), torch {torch.__version__}, data: {source}")
-    print(f"median of {a.rounds} interleaved rounds of {a.steps} steps ({a.clock} clock):")
+    print(f"median of {a.rounds} interleaved rounds of {a.steps} steps after {a.warmup} "
+          f"warm-up steps each ({a.clock} clock):")
     for k in fns:
         per = f" per model ({a.stack} seeds per step)" if k == "stacked" else ""
-        print(f"  {k:7s} {med[k]:8.1f} steps/s{per}")
+        print(f"  {k:9s} {med[k]:8.1f} steps/s{per}")
     print(f"  runner / plain         = {info['runner_over_plain']:.2f}x")
+    if "plain_ftz" in med:
+        print(f"  runner / plain_ftz     = {info['runner_over_plain_ftz']:.2f}x")
     print(f"  runner / matmul bound  = {info['runner_over_matmul_bound']:.2f}")
     print(f"  plain  / matmul bound  = {info['plain_over_matmul_bound']:.2f}")
     if a.stack > 0:

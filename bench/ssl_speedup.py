@@ -245,6 +245,7 @@ def main(argv=None) -> int:
         return 2
     if a.threads:
         torch.set_num_threads(a.threads)
+    torch.set_flush_denormal(True)  # as every run of `bench run` (flush_denormal)
     names = [a.fast, a.slow]
     try:
         rows = measure(a.ks, names, a, device, log=lambda s: print(s, file=sys.stderr))

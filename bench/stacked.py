@@ -31,7 +31,14 @@ from torch.func import functional_call, vmap
 import tasks
 from tasks import datasets
 
-from .config import ConfigError, build_estimator, check_device, config_hash, validate
+from .config import (
+    ConfigError,
+    apply_cpu_settings,
+    build_estimator,
+    check_device,
+    config_hash,
+    validate,
+)
 from .results import Store
 
 log = logging.getLogger("bench")
@@ -267,8 +274,7 @@ def run(cfg: dict) -> dict:
         return statuses
 
     device = check_device(str(cfg["device"]))
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg["threads"]))
+    apply_cpu_settings(cfg)
     data = datasets.load(cfg["dataset"], cfg.get("data_dir"), device)
     task_list, gens = [], []
     for s, _, _ in todo:

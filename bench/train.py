@@ -16,7 +16,7 @@ import torch
 import tasks
 from tasks import datasets
 
-from .config import build_estimator, check_device, config_hash, validate
+from .config import apply_cpu_settings, build_estimator, check_device, config_hash, validate
 from .optim import make_optimizer
 from .results import Store
 
@@ -181,8 +181,7 @@ def run(cfg: dict) -> str | dict:
         return "skipped"
 
     device = check_device(str(cfg["device"]))
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg["threads"]))
+    apply_cpu_settings(cfg)
     torch.manual_seed(int(cfg["seed"]))
     data = datasets.load(cfg["dataset"], cfg.get("data_dir"), device)
     task = tasks.build(cfg["task"], data, device)

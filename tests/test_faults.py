@@ -192,6 +192,7 @@ def first_nonfinite_step(cfg, steps):
     finite (Adam's update can overflow from finite gradients at lr 1e15)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(int(cfg["threads"]))
+    torch.set_flush_denormal(bool(cfg["flush_denormal"]))
     try:
         torch.manual_seed(int(cfg["seed"]))
         data = datasets.load(cfg["dataset"], cfg.get("data_dir"), torch.device("cpu"))
@@ -213,6 +214,7 @@ def first_nonfinite_step(cfg, steps):
         return None
     finally:
         torch.set_num_threads(threads)
+        torch.set_flush_denormal(False)
 
 
 def cfg_for(root, *overrides):

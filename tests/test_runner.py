@@ -1,5 +1,6 @@
 """The runner end to end: CLI, grids, the results store, bad input, faults."""
 
+import math
 import subprocess
 import sys
 
@@ -114,6 +115,56 @@ def test_divergence_is_recorded_and_not_rerun(tmp_path, monkeypatch):
     assert set(df["status"]) == {"diverged"}
     assert df.loc[df["metric"] == "diverged", "value"].tolist() == [13.0]
     assert run(cfg) == "skipped"
+
+
+@pytest.mark.parametrize("bad_call", [7, 10])
+def test_a_nan_gradient_under_a_finite_objective_is_recorded_at_its_step(
+        tmp_path, monkeypatch, bad_call):
+    """The objective stays finite; its gradient is NaN at one step (sqrt at 0 times 0).
+    Step 7: the next objective is NaN and the parameters tell that step 7 did it.
+    Step 10 is an evaluation step: nothing is evaluated from the NaN parameters."""
+    from tasks.vae import VAE
+
+    real = VAE.loss
+    calls = {"n": 0}
+
+    def nan_gradient(self, x, est):
+        obj, out = real(self, x, est)
+        calls["n"] += 1
+        if calls["n"] == bad_call:
+            w = next(self.parameters()).sum() * 0.0
+            obj = obj + torch.sqrt(w - w.detach())  # value 0, gradient inf * 0 = nan
+        return obj, out
+
+    monkeypatch.setattr(VAE, "loss", nan_gradient)
+    assert run(cfg_for(tmp_path)) == "diverged"
+    df = results.load(tmp_path)
+    assert df.loc[df["metric"] == "diverged", "value"].tolist() == [float(bad_call)]
+    assert df["step"].max() == bad_call and sorted(df["step"].unique()) == [0, bad_call]
+    assert df.loc[df["metric"] != "diverged", "value"].map(math.isfinite).all()
+
+
+def test_flush_denormal_is_applied_to_the_training_steps(tmp_path, monkeypatch):
+    from bench.train import Trainer
+
+    real = Trainer.step
+    seen = set()
+
+    def spy(self, *a, **k):
+        seen.add((torch.tensor([1e-39]) * 2.0).item() == 0.0)  # subnormals flushed?
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Trainer, "step", spy)
+    try:
+        for flag in (False, True):
+            seen.clear()
+            assert run(cfg_for(tmp_path / str(flag), f"flush_denormal={flag}",
+                               "eval.grad_samples=0", "eval.nll_samples=0")) == "complete"
+            assert seen == {flag}
+        with pytest.raises(ConfigError, match="flush_denormal must be true or false"):
+            run(cfg_for(tmp_path, "flush_denormal=sometimes"))
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def test_crash_then_rerun_loses_and_duplicates_nothing(tmp_path, monkeypatch):
