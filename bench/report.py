@@ -40,6 +40,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .paths import CONF_DIR
 from .results import COLUMNS, load
 
 HEADLINE = ["test_neg_elbo", "test_nll", "train_neg_elbo", "log10_grad_var", "step_time_s",
@@ -693,8 +694,12 @@ def _provenance(runs: Runs, df: pd.DataFrame) -> str:
                  if "train_steps" in g else "")
         dirs = sorted({str(c.get("data_dir")) for c in cfgs if c.get("data_dir")})
         env = f"BENCH_DATA_DIR={dirs[0]} " if len(dirs) == 1 else ""
-        cmd = (f"`{env}python -m bench run +experiment={exp}`" if exp != "(none)"
-               else "(ad hoc runs)")
+        if exp == "(none)":
+            cmd = "(ad hoc runs)"
+        elif (CONF_DIR / "experiment" / f"{exp}.yaml").exists():
+            cmd = f"`{env}python -m bench run +experiment={exp}`"
+        else:  # a label set with report.experiment=...: no config file of that name
+            cmd = f"(label `{exp}` set on the command line; see the notes beside this report)"
         ev = (f"m={'/'.join(map(str, sorted(evs)))}, grad M={'/'.join(map(str, sorted(gms)))}"
               if evs else "")
         lines.append(
@@ -751,10 +756,11 @@ def build(results, out, data_dir=None, samples: bool = True, figures: bool = Tru
         (out / "REPORT.md").write_text("\n".join(md) + "\n")
         return out / "REPORT.md"
     if df.drop_duplicates("run_id")["reduced"].any():
-        md += ["> **Reduced runs.** Rows marked with a `_quick` experiment come from reduced "
-               "runs (far fewer steps and seeds than the papers, on CPU, with fewer importance "
-               "samples): they check that the pipeline reproduces the comparison's shape and "
-               "are **not** comparable with the published numbers beside them. The full-run "
+        reduced = sorted(df.loc[df["reduced"].astype(bool), "experiment"].unique())
+        md += ["> **Reduced runs.** The rows of " + ", ".join(f"`{e}`" for e in reduced)
+               + " come from reduced runs (`report.reduced: true`: fewer steps or seeds than "
+               "the papers, on CPU, possibly fewer importance samples): they are **not** "
+               "directly comparable with the published numbers beside them. The full-run "
                "commands are at the end of this page.", ""]
     md += ["## Provenance", "", _provenance(runs, df), _runs_table(df), ""]
 
@@ -824,7 +830,8 @@ def build(results, out, data_dir=None, samples: bool = True, figures: bool = Tru
            "numbers (m = 1000) and Maddison et al.'s test NLL (m = 1000) compare against it.",
            "- A reduced run's m (above) is far below the papers' 1000, which leaves its bound "
            "looser.", ""]
-    exps = {e.removesuffix("_quick") for e in df["experiment"].unique() if e}
+    exps = ({e.removesuffix("_quick") for e in df["experiment"].unique() if e}
+            | {e for e in df["setting"].unique() if e})
     full = [FULL_COMMANDS[e] for e in sorted(exps) if e in FULL_COMMANDS]
     if full:
         md += ["## Full runs (GPU)", "",

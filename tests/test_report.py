@@ -115,6 +115,23 @@ def test_report_writes_every_file(store, tmp_path):
     assert "\\begin{tabular}" in (out / "tables" / "main.tex").read_text()
 
 
+def test_provenance_names_the_real_command_or_the_label(tmp_path):
+    """An experiment with a config file is shown as its command; a label set with
+    report.experiment=... (no such file) is not passed off as one."""
+    st = Store(tmp_path / "s")
+    small = {"latents": 4, "categories": 2, "encoder_hidden": [8], "decoder_hidden": [8]}
+    _run(st, _cfg("bernoulli_vae", "reinforce", 0, 20, task_opts=small), [200.0, 150.0, 100.0])
+    _run(st, _cfg("bernoulli_vae", "reinforce", 0, 40, experiment="my_40ep_label",
+                  task_opts=small), [200.0, 150.0, 90.0])
+    report.build(tmp_path / "s", tmp_path / "out", figures=False)
+    page = (tmp_path / "out" / "REPORT.md").read_text()
+    assert "python -m bench run +experiment=jang_vae_quick" in page
+    assert "+experiment=my_40ep_label" not in page
+    assert "label `my_40ep_label` set on the command line" in page
+    assert "The rows of `jang_vae_quick`, `my_40ep_label` come from reduced runs" in page
+    assert "python -m bench run +experiment=jang_vae device=cuda" in page  # its setting's
+
+
 def test_table_numbers_gaps_and_published(store, tmp_path):
     report.build(store, tmp_path, figures=False)
     summ = pd.read_csv(tmp_path / "tables" / "summary.csv")
