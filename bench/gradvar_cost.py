@@ -136,8 +136,9 @@ def main(argv=None) -> int:
         ap.error("--clock cpu needs --device cpu and --threads 1")
     import estimators
 
-    torch.set_num_threads(a.threads)
-    torch.set_flush_denormal(True)  # as every run of `bench run` (flush_denormal)
+    from .config import apply_cpu_settings
+
+    apply_cpu_settings({"threads": a.threads})  # threads, subnormals flushed: as `bench run`
     device = torch.device(a.device)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     clock = time.thread_time if a.clock == "cpu" else time.perf_counter

@@ -226,7 +226,7 @@ def main(argv=None) -> int:
 
     from tasks.datasets import DataError
 
-    from .config import ConfigError, check_device
+    from .config import ConfigError, apply_cpu_settings, check_device
     from .train import git_sha
 
     for key, v, lo in (("--steps", a.steps, 1), ("--rounds", a.rounds, 2),
@@ -243,9 +243,7 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    torch.set_flush_denormal(True)  # as every run of `bench run` (flush_denormal)
+    apply_cpu_settings({"threads": a.threads})  # threads, subnormals flushed: as `bench run`
     names = [a.fast, a.slow]
     try:
         rows = measure(a.ks, names, a, device, log=lambda s: print(s, file=sys.stderr))

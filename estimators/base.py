@@ -226,18 +226,22 @@ def _categories_first(x: Tensor) -> bool:
     return x.device.type == "cpu" and x.shape[-1] < _SMALL_K and x.numel() >= _MIN_ELEMENTS
 
 
+def _over_categories(fn, x: Tensor) -> Tensor:
+    """``fn(x, dim)`` over the last dimension, through the categories-first layout
+    where that is faster."""
+    if _categories_first(x):
+        return fn(x.movedim(-1, 0).contiguous(), 0).movedim(0, -1).contiguous()
+    return fn(x, -1)
+
+
 def softmax(x: Tensor) -> Tensor:
     """softmax over the last dimension (the K categories)."""
-    if _categories_first(x):
-        return torch.softmax(x.movedim(-1, 0).contiguous(), 0).movedim(0, -1).contiguous()
-    return torch.softmax(x, -1)
+    return _over_categories(torch.softmax, x)
 
 
 def log_softmax(x: Tensor) -> Tensor:
     """log_softmax over the last dimension (the K categories)."""
-    if _categories_first(x):
-        return torch.log_softmax(x.movedim(-1, 0).contiguous(), 0).movedim(0, -1).contiguous()
-    return torch.log_softmax(x, -1)
+    return _over_categories(torch.log_softmax, x)
 
 
 # --- sampling helpers -------------------------------------------------------

@@ -13,7 +13,6 @@ the cost over ST-GS is M softmaxes. Same expectation as ST-GS, lower variance;
 biased for the discrete objective like ST-GS. M = ``samples``.
 """
 
-
 from ._conditional import conditional_gumbel
 from ._multisample import check_samples
 from .base import (

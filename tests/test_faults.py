@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 
 import tasks
 from bench import results
-from bench.config import build_estimator
+from bench.config import apply_cpu_settings, build_estimator
 from bench.paths import CONF_DIR, REPO_DIR
 from bench.train import Trainer
 from tasks import datasets
@@ -191,8 +191,7 @@ def first_nonfinite_step(cfg, steps):
     first step whose objective, any gradient, or any parameter after its update is not
     finite (Adam's update can overflow from finite gradients at lr 1e15)."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(int(cfg["threads"]))
-    torch.set_flush_denormal(bool(cfg["flush_denormal"]))
+    apply_cpu_settings(cfg)
     try:
         torch.manual_seed(int(cfg["seed"]))
         data = datasets.load(cfg["dataset"], cfg.get("data_dir"), torch.device("cpu"))
