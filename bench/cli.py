@@ -159,19 +159,19 @@ def cmd_run(args: list[str]) -> int:
 
 
 def cmd_report(args: list[str]) -> int:
-    from .report import main as report_main
+    from .report.page import main as report_main
 
     return report_main(args)
 
 
 def cmd_check(args: list[str]) -> int:
-    from .check import main as check_main
+    from .gate.cli import main as check_main
 
     return check_main(args)
 
 
 def cmd_biasvar(args: list[str]) -> int:
-    from .biasvar import main as biasvar_main
+    from .studies.biasvar import main as biasvar_main
 
     return biasvar_main(args)
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from bench import check
+from bench.gate import cli as check
 
 
 def pytest_addoption(parser):

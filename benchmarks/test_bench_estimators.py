@@ -14,7 +14,7 @@ toy problem the gradient w.r.t. the logits. Timings are reported, never asserted
 import pytest
 import torch
 
-from bench import check
+from bench.gate import cli as check
 
 
 def test_time_per_estimate(benchmark, problem_for, task, name, request):

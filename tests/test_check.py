@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import estimators
-from bench import check
+from bench.gate import cli as check
 
 # A small configuration of the same code paths (the real one is check.Settings())
 SMALL = check.Settings(

@@ -11,7 +11,7 @@ import torch.nn as nn
 
 import estimators
 import tasks
-from bench import gradvar_cost
+from bench.studies import gradvar_cost
 
 
 def tiny_vae(latents=3, categories=4, dim=12, batch=5):

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import tasks
-from bench import report
-from bench.report import mean_ci
+from bench.report import page as report
+from bench.report.page import mean_ci
 from bench.results import Store
 
 

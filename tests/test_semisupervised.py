@@ -221,7 +221,7 @@ def test_tiny_end_to_end_runs_on_digits_and_alpha_selection(tmp_path):
 
     from bench.cli import job_configs
     from bench.results import load
-    from bench.ssl_select import main
+    from bench.studies.ssl_select import main
     from bench.train import run
 
     common = ["task=semisupervised", "dataset=digits", "task.classifier_hidden=[64]",
@@ -253,7 +253,7 @@ def test_tiny_end_to_end_runs_on_digits_and_alpha_selection(tmp_path):
 def test_alpha_is_chosen_on_validation_never_on_test():
     import pandas as pd
 
-    from bench.ssl_select import select
+    from bench.studies.ssl_select import select
 
     grid = pd.DataFrame({"dataset": "mnist", "estimator": ["exact"] * 3 + ["gumbel_softmax"] * 2,
                          "seed": 0, "alpha": [0.1, 0.3, 1.0, 0.1, 0.2],

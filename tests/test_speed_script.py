@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from bench import speed
+from bench.studies import speed
 
 
 def test_speed_script_prints_and_writes_the_ratios(tmp_path, capsys):

@@ -138,7 +138,7 @@ def test_straight_through_stalls_where_its_bias_says():
 # --- the bias/variance study (bench/biasvar.py) --------------------------------
 
 def test_study_statistics_against_known_distributions():
-    from bench.biasvar import summarise
+    from bench.studies.biasvar import summarise
 
     torch.manual_seed(0)
     g = torch.tensor([1.0, -2.0, 0.5, 0.0])
@@ -161,7 +161,7 @@ def test_study_statistics_against_known_distributions():
 def test_study_runs_end_to_end_on_a_toy(tmp_path):
     import pandas as pd
 
-    from bench.biasvar import COLUMNS, figure, markdown, run_study
+    from bench.studies.biasvar import COLUMNS, figure, markdown, run_study
 
     settings = {"estimators": ["reinforce_loo", "straight_through", "rebar", "exact"],
                 "estimates": 400, "warmup": 20, "timing_repeats": 3, "threads": 1, "seed": 0,
@@ -180,7 +180,7 @@ def test_study_runs_end_to_end_on_a_toy(tmp_path):
 
 
 def test_study_settings_compose():
-    from bench.biasvar import load_settings
+    from bench.studies.biasvar import load_settings
 
     s = load_settings(["biasvar.estimates=7"])
     assert s["estimates"] == 7 and len(s["tasks"]) >= 4

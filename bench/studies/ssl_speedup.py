@@ -94,7 +94,7 @@ def measure(ks, estimator_names, args, device, log=print):
     import estimators
     import tasks
 
-    from .train import Trainer
+    from ..train import Trainer
 
     rows = []
     for k in ks:
@@ -226,8 +226,8 @@ def main(argv=None) -> int:
 
     from tasks.datasets import DataError
 
-    from .config import ConfigError, apply_cpu_settings, check_device
-    from .train import git_sha
+    from ..config import ConfigError, apply_cpu_settings, check_device
+    from ..train import git_sha
 
     for key, v, lo in (("--steps", a.steps, 1), ("--rounds", a.rounds, 2),
                        ("--warmup", a.warmup, 0), ("--batch-size", a.batch_size, 1),

@@ -136,7 +136,7 @@ def main(argv=None) -> int:
         ap.error("--clock cpu needs --device cpu and --threads 1")
     import estimators
 
-    from .config import apply_cpu_settings
+    from ..config import apply_cpu_settings
 
     apply_cpu_settings({"threads": a.threads})  # threads, subnormals flushed: as `bench run`
     device = torch.device(a.device)

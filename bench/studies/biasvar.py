@@ -59,7 +59,7 @@ import estimators
 import tasks
 from tasks import datasets
 
-from .paths import CONF_DIR, REPO_DIR
+from ..paths import CONF_DIR, REPO_DIR
 
 COLUMNS = ["task", "estimator", "declared_unbiased", "estimates", "params", "grad_norm",
            "rel_bias", "noise_floor", "rel_bias_corr", "bias_stat", "bias_dof", "bias_detected",
@@ -348,7 +348,7 @@ def main(argv: list[str]) -> int:
     rows = run_study(settings)
     df = pd.DataFrame(rows, columns=COLUMNS)
     df.to_csv(out / "bias_variance.csv", index=False)
-    from .train import git_sha
+    from ..train import git_sha
 
     header = (
         "# Bias and variance of gradient estimators against the exact gradient\n\n"

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .report import mean_ci
-from .results import load
+from ..report.page import mean_ci
+from ..results import load
 
 # Jang et al. (2017), Table 3 (MNIST, 100 labels, convolutional networks):
 # test accuracy (%) and ELBO (nats) of the unlabelled test set.

@@ -40,8 +40,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .paths import CONF_DIR
-from .results import COLUMNS, load
+from ..paths import CONF_DIR
+from ..results import COLUMNS, load
 
 HEADLINE = ["test_neg_elbo", "test_nll", "train_neg_elbo", "log10_grad_var", "step_time_s",
             "wall_s"]

@@ -44,7 +44,7 @@ import tasks
 from estimators.base import EstimatorOutput
 from tasks import datasets
 
-from .paths import CONF_DIR, REPO_DIR
+from ..paths import CONF_DIR, REPO_DIR
 
 SCHEMA = 1
 BASELINE_DIR = REPO_DIR / "results" / "baselines"
@@ -534,7 +534,7 @@ def check_compatible(baseline: dict, current: dict) -> None:
 
 def _git_sha() -> str:
     try:
-        from .train import git_sha
+        from ..train import git_sha
         return git_sha()
     except Exception:
         return "unknown"

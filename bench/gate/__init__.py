@@ -1,0 +1,1 @@
+"""The gradient-variance gate (`python -m bench check`) and its timing report."""
