@@ -1,3 +1,5 @@
+"""`python -m bench`: the command line (bench.cli)."""
+
 import sys
 
 from .cli import main

@@ -14,7 +14,7 @@ log = logging.getLogger("bench")
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> str:
-    from .train import run
+    from .jobs import run
 
     try:
         return run(OmegaConf.to_container(cfg, resolve=True))

@@ -1,4 +1,4 @@
-"""`python -m bench {run,report}`.
+"""`python -m bench COMMAND`: the command line (run, report, check and the studies).
 
 ``run`` takes Hydra overrides. Before Hydra starts any job, every job of the
 (multi)run is composed and checked, so a bad name or setting stops everything
@@ -9,13 +9,7 @@ from __future__ import annotations
 
 import sys
 
-USAGE = """usage: python -m bench run [HYDRA OVERRIDES...]      train (add -m for a grid)
-       python -m bench report [RESULTS_DIR] [--out DIR]   tables from stored results
-       python -m bench check [--update [NAME...] | --update-missing]
-                                                          gradient-variance regression gate
-       python -m bench biasvar [HYDRA OVERRIDES...]        bias/variance study (exact gradients)
-
-examples:
+EXAMPLES = """examples:
   python -m bench run estimator=gumbel_softmax task=categorical_vae
   python -m bench run -m estimator=reinforce,gumbel_softmax task=bernoulli_vae seed=0,1,2
   python -m bench run seeds=[0,1,2,3] estimator=gumbel_softmax   # 4 seeds trained together
@@ -126,7 +120,8 @@ def _one_line(e: Exception) -> str:
 
 
 def cmd_run(args: list[str]) -> int:
-    from .config import ConfigError, validate
+    from .config import ConfigError
+    from .jobs import validate
 
     flags, overrides, multirun = _split_args(args)
     info_only = any(f in ("--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help")
@@ -158,33 +153,42 @@ def cmd_run(args: list[str]) -> int:
     return 0
 
 
-def cmd_report(args: list[str]) -> int:
-    from .report.page import main as report_main
+def _module_main(module: str):
+    """A command that hands its arguments to ``bench.<module>.main``."""
+    def cmd(args: list[str]) -> int:
+        import importlib
 
-    return report_main(args)
-
-
-def cmd_check(args: list[str]) -> int:
-    from .gate.cli import main as check_main
-
-    return check_main(args)
+        return int(importlib.import_module(f"bench.{module}").main(args) or 0)
+    return cmd
 
 
-def cmd_biasvar(args: list[str]) -> int:
-    from .studies.biasvar import main as biasvar_main
+# name -> (handler, one line for --help)
+COMMANDS = {
+    "run": (cmd_run, "train: one config, or a grid with -m (Hydra overrides)"),
+    "report": (_module_main("report.page"), "tables, figures and REPORT.md from a store"),
+    "check": (_module_main("gate.cli"), "gradient-variance regression gate (CI)"),
+    "biasvar": (_module_main("studies.biasvar"), "bias/variance study on exact-gradient tasks"),
+    "speed": (_module_main("studies.speed"), "training-step throughput against references"),
+    "gradvar_cost": (_module_main("studies.gradvar_cost"), "cost of grad_var against a step"),
+    "ssl_speedup": (_module_main("studies.ssl_speedup"),
+                    "M2: sampled label against marginalisation, K = 10..100"),
+    "ssl_select": (_module_main("studies.ssl_select"), "M2: alpha chosen on validation"),
+}
 
-    return biasvar_main(args)
 
-
-COMMANDS = {"run": cmd_run, "report": cmd_report, "check": cmd_check, "biasvar": cmd_biasvar}
+def usage() -> str:
+    lines = ["usage: python -m bench COMMAND [ARGS...]   (COMMAND --help for its options)", "",
+             "commands:"]
+    lines += [f"  {name:13} {doc}" for name, (_, doc) in COMMANDS.items()]
+    return "\n".join(lines) + "\n\n" + EXAMPLES
 
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
+        print(usage())
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
     if cmd in COMMANDS:
-        return COMMANDS[cmd](rest)
+        return COMMANDS[cmd][0](rest)
     print(f"error: unknown command {cmd!r}; allowed: {', '.join(COMMANDS)}", file=sys.stderr)
     return 2

@@ -122,10 +122,7 @@ def validate(cfg: dict) -> None:
         stub = SimpleNamespace(dim=1, num_classes=10, image_shape=(1, 1))
         task = cls(data=stub, device="cpu", **task_kwargs)
         est.check_latents(*task.latent_shape)
-        if cfg.get("seeds") is not None:
-            from . import stacked
-
-            stacked.check(cfg, task)
         datasets.check_available(cfg["dataset"], cfg.get("data_dir"))
     except (estimators.EstimatorConfigError, tasks.TaskConfigError, datasets.DataError) as e:
         raise ConfigError(str(e)) from None
+    return task

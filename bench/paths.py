@@ -1,3 +1,5 @@
+"""Where the repository and its Hydra configs are."""
+
 from pathlib import Path
 
 REPO_DIR = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ task as transposed views: a batched linear layer then multiplies contiguous
 matrices in forward and backward (with (S, out, in) storage, vmap's rule for
 ``F.linear`` copied every weight twice a step on CPU).
 
-What makes a config stackable is checked by ``check`` (from bench.config.validate):
+What makes a config stackable is checked by ``check_stackable`` (from bench.jobs.validate):
 a supported task, and an estimator with no state of its own that runs under vmap.
 """
 
@@ -39,6 +39,8 @@ from .config import (
     config_hash,
     validate,
 )
+from .loop import StepClock, evaluation_metrics, git_sha
+from .optim import make_optimizer
 from .results import Store
 
 log = logging.getLogger("bench")
@@ -81,7 +83,7 @@ def _state(est) -> dict:
     return {k: _fingerprint(v) for k, v in vars(est).items() if k not in _FREE_ATTRS}
 
 
-def check(cfg: dict, task) -> None:
+def check_stackable(cfg: dict, task) -> None:
     """Raise a one-line ConfigError for a ``seeds`` setting that cannot be stacked
     faithfully. ``task`` is the task built on validate's stand-in data."""
     seeds = cfg.get("seeds")
@@ -172,7 +174,6 @@ class StackedTrainer:
     """
 
     def __init__(self, task_list, est, data, batch_size: int, lr: float, generators):
-        from .train import make_optimizer
 
         self.est, self.data, self.lr = est, data, float(lr)
         self.make_optimizer = make_optimizer
@@ -256,9 +257,7 @@ class StackedTrainer:
 def run(cfg: dict) -> dict:
     """Train the seeds of ``cfg['seeds']`` together; each is recorded as the single run
     with that seed. Returns {seed: status}."""
-    from .train import StepClock, evaluation_metrics, git_sha
-
-    validate(cfg)
+    check_stackable(cfg, validate(cfg))
     store = Store(cfg["results_dir"])
     name = f"{cfg['estimator']['name']}|{cfg['task']['name']}|{cfg['dataset']['name']}"
     statuses, todo = {}, []

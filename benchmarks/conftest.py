@@ -2,12 +2,12 @@
 
 import pytest
 
-from bench.gate import cli as check
+from bench.gate import measure, problems, settings
 
 
 def pytest_addoption(parser):
     g = parser.getgroup("bench check")
-    g.addoption("--check-tasks", default=",".join(check.TASKS),
+    g.addoption("--check-tasks", default=",".join(settings.TASKS),
                 help="comma list of tasks to time (default: all)")
     g.addoption("--check-estimators", default="",
                 help="comma list of estimators to time (default: all registered)")
@@ -23,7 +23,7 @@ def pytest_generate_tests(metafunc):
         opt = metafunc.config.getoption
         names = [n for n in opt("--check-estimators").split(",") if n] or estimators.names()
         task_names = [t for t in opt("--check-tasks").split(",") if t]
-        pairs = check.all_pairs(task_names, names)
+        pairs = measure.all_pairs(task_names, names)
         metafunc.parametrize("task,name", pairs, ids=[f"{t}-{n}" for t, n in pairs])
 
 
@@ -31,11 +31,11 @@ def pytest_generate_tests(metafunc):
 def problem_for(request):
     """The fixed problem of a task (built once per session)."""
     device = request.config.getoption("--check-device")
-    settings = check.Settings()
+    fixed = settings.Settings()
     built = {}
 
     def get(task):
         if task not in built:
-            built[task] = check.build_problem(task, settings, device)
+            built[task] = problems.build_problem(task, fixed, device)
         return built[task]
     return get

@@ -14,15 +14,15 @@ toy problem the gradient w.r.t. the logits. Timings are reported, never asserted
 import pytest
 import torch
 
-from bench.gate import cli as check
+from bench.gate import measure, problems, settings
 
 
 def test_time_per_estimate(benchmark, problem_for, task, name, request):
     problem = problem_for(task)
-    est = check.make_estimator(name)
+    est = settings.make_estimator(name)
     if request.config.getoption("--check-plant") == name:
-        est = check.DoubledNoise(est)
-    why = check.refusal(problem, est)
+        est = measure.DoubledNoise(est)
+    why = problems.refusal(problem, est)
     if why:
         pytest.skip(why)
     step = problem.timed_step(est)
@@ -34,7 +34,7 @@ def test_time_per_estimate(benchmark, problem_for, task, name, request):
             torch.cuda.synchronize(device)
 
     benchmark.group = task
-    benchmark.extra_info.update(task=task, estimator=name, batch=check.Settings().timing_batch,
+    benchmark.extra_info.update(task=task, estimator=name, batch=settings.Settings().timing_batch,
                                 latent_shape=list(problem.latent_shape), device=str(device))
     torch.manual_seed(0)
     benchmark(timed)

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import estimators
-from bench.gate import cli as check
+from bench.gate import baselines, cli, measure, problems, settings, stats
 
-# A small configuration of the same code paths (the real one is check.Settings())
-SMALL = check.Settings(
+# A small configuration of the same code paths (the real one is settings.Settings())
+SMALL = settings.Settings(
     groups=10, m=(("toy", 64), ("bernoulli_vae", 16), ("categorical_vae", 16)), batch=8,
     task_overrides=tuple((t, (("encoder_hidden", (32,)), ("decoder_hidden", (32,))))
                          for t in ("bernoulli_vae", "categorical_vae")),
@@ -43,21 +43,21 @@ def failures(rows):
 
 def test_toy_exact_gradient_matches_closed_form():
     """d/da_i E[sum_i (z_i - t)^2] = (1 - 2t) p_i (1 - p_i), p_i = sigmoid(a_i)."""
-    toy = check.ToyProblem(check.Settings())
-    a = torch.tensor(check.Settings().toy_logits, dtype=torch.float64)
+    toy = problems.ToyProblem(settings.Settings())
+    a = torch.tensor(settings.Settings().toy_logits, dtype=torch.float64)
     p = torch.sigmoid(a)
-    d = (1 - 2 * check.Settings().toy_target) * p * (1 - p)
+    d = (1 - 2 * settings.Settings().toy_target) * p * (1 - p)
     assert torch.allclose(toy.exact, torch.stack([-d, d], -1), rtol=1e-10, atol=1e-15)
 
 
 @pytest.mark.parametrize("name", ["reinforce", "gumbel_softmax", "straight_through"])
 def test_doubled_noise_doubles_the_variance_and_keeps_the_mean(name):
-    toy = check.ToyProblem(check.Settings())
+    toy = problems.ToyProblem(settings.Settings())
     m = 40000
     torch.manual_seed(3)
-    g = toy.estimates(check.make_estimator(name), m).flatten(1)
+    g = toy.estimates(settings.make_estimator(name), m).flatten(1)
     torch.manual_seed(4)
-    h = toy.estimates(check.DoubledNoise(check.make_estimator(name)), m).flatten(1)
+    h = toy.estimates(measure.DoubledNoise(settings.make_estimator(name)), m).flatten(1)
     ratio = float(h.var(0).mean() / g.var(0).mean())
     assert 1.85 < ratio < 2.15, ratio
     # same expectation: |mean difference| within 4.5 standard errors, every logit
@@ -73,11 +73,11 @@ def test_doubled_noise_doubles_the_variance_and_keeps_the_mean(name):
 @pytest.mark.parametrize("name", ["reinforce", "concrete_kl"])
 def test_doubled_noise_doubles_the_vae_grad_variance(name):
     """Through the task's own grad_variance; concrete_kl: its relaxed KL included."""
-    prob = check.VAEProblem("categorical_vae", SMALL)
+    prob = problems.VAEProblem("categorical_vae", SMALL)
     torch.manual_seed(5)
-    v = prob.task.grad_variance(prob.x, check.make_estimator(name), 400)
+    v = prob.task.grad_variance(prob.x, settings.make_estimator(name), 400)
     torch.manual_seed(6)
-    w = prob.task.grad_variance(prob.x, check.DoubledNoise(check.make_estimator(name)), 400)
+    w = prob.task.grad_variance(prob.x, measure.DoubledNoise(settings.make_estimator(name)), 400)
     assert 1.8 < w / v < 2.2, w / v
 
 
@@ -88,7 +88,7 @@ def test_rank_test_false_alarm_rate_is_bounded_for_skewed_data():
     the one-sided p-value is valid, P(p < a) <= a, also with no tolerance."""
     rng = np.random.default_rng(0)
     sims, a = 400, 0.05
-    p = np.array([check.rank_test(np.exp(rng.standard_t(2, 10)), np.exp(rng.standard_t(2, 10)),
+    p = np.array([stats.rank_test(np.exp(rng.standard_t(2, 10)), np.exp(rng.standard_t(2, 10)),
                                   1.0)[0] for _ in range(sims)])
     assert (p < a).mean() <= a + 3 * math.sqrt(a * (1 - a) / sims)
     # and it is not vacuous: its rate is near a (exact test, discrete p-values)
@@ -99,19 +99,19 @@ def test_rank_test_power_and_ratio_estimate():
     rng = np.random.default_rng(1)
     base = np.exp(rng.normal(0, 0.1, 10))
     cur = 2.0 * np.exp(rng.normal(0, 0.1, 10))
-    p_up, p_down, ratio = check.rank_test(cur, base, 1.2)
-    assert p_up == pytest.approx(check.min_p_value(10)) and p_down > 0.5
+    p_up, p_down, ratio = stats.rank_test(cur, base, 1.2)
+    assert p_up == pytest.approx(stats.min_p_value(10)) and p_down > 0.5
     assert 1.7 < ratio < 2.3
-    p_up, p_down, _ = check.rank_test(base, cur, 1.2)
-    assert p_down == pytest.approx(check.min_p_value(10)) and p_up > 0.5
+    p_up, p_down, _ = stats.rank_test(base, cur, 1.2)
+    assert p_down == pytest.approx(stats.min_p_value(10)) and p_up > 0.5
 
 
 def test_compare_refuses_an_impossible_level():
     cur = {"pairs": {f"toy/e{i}": {"task": "toy", "estimator": f"e{i}", "status": "measured",
                                    "m": 8, "groups": [1.0, 2.0, 3.0], "grad_var": 2.0}
                      for i in range(5)}}
-    with pytest.raises(check.CheckError, match="cannot reach"):
-        check.compare(cur, cur)
+    with pytest.raises(settings.CheckError, match="cannot reach"):
+        stats.compare(cur, cur)
 
 
 def test_zero_variance_pairs():
@@ -119,9 +119,9 @@ def test_zero_variance_pairs():
         return {"pairs": {"toy/x": {"task": "toy", "estimator": "x", "status": "measured",
                                     "m": 8, "groups": v, "grad_var": float(np.mean(v))}}}
     zero, noisy = [0.0] * 10, [1e-3] * 10
-    rows, _ = check.compare(doc(zero), doc(zero))
+    rows, _ = stats.compare(doc(zero), doc(zero))
     assert rows[0].status == "ok"
-    rows, _ = check.compare(doc(zero), doc(noisy))
+    rows, _ = stats.compare(doc(zero), doc(noisy))
     assert rows[0].status == "REGRESSION"
 
 
@@ -129,15 +129,15 @@ def test_zero_variance_pairs():
 
 @pytest.fixture(scope="module")
 def small_baseline():
-    return check.measure(SMALL, PAIRS, seed=0)
+    return measure.measure(SMALL, PAIRS, seed=0)
 
 
 @pytest.mark.parametrize("planted", CORE)
 def test_gate_catches_doubled_noise(small_baseline, planted):
-    factories = {planted: lambda: check.DoubledNoise(check.make_estimator(planted))}
+    factories = {planted: lambda: measure.DoubledNoise(settings.make_estimator(planted))}
     pairs = [p for p in PAIRS if p[1] == planted]
-    cur = check.measure(SMALL, pairs, seed=1, factories=factories)
-    rows, _ = check.compare(small_baseline, cur)
+    cur = measure.measure(SMALL, pairs, seed=1, factories=factories)
+    rows, _ = stats.compare(small_baseline, cur)
     assert {(r.task, r.status) for r in rows} == {(t, "REGRESSION") for t, _ in pairs}
     assert all(1.6 < r.ratio < 2.5 for r in rows)
 
@@ -146,9 +146,9 @@ def test_gate_catches_doubled_noise(small_baseline, planted):
 def test_unchanged_tree_passes_20_reruns(small_baseline):
     statuses = set()
     for seed in range(1, 21):
-        cur = check.measure(SMALL, PAIRS, seed=seed)
-        check.check_compatible(dict(small_baseline, schema=check.SCHEMA), cur)
-        rows, summary = check.compare(small_baseline, cur)
+        cur = measure.measure(SMALL, PAIRS, seed=seed)
+        baselines.check_compatible(dict(small_baseline, schema=settings.SCHEMA), cur)
+        rows, summary = stats.compare(small_baseline, cur)
         assert not failures(rows), (seed, failures(rows))
         statuses |= {r.status for r in rows}
         assert summary["compared"] == len(PAIRS)
@@ -161,15 +161,15 @@ def test_new_estimator_is_reported_and_binary_only_is_skipped(small_baseline):
         hard_forward = True
 
         def estimate(self, logits, f):
-            return check.make_estimator("reinforce").estimate(logits, f)
+            return settings.make_estimator("reinforce").estimate(logits, f)
 
     def make():
         e = BinaryOnly()
         e.name = "brand_new"
         return e
     pairs = [("toy", "brand_new"), ("categorical_vae", "brand_new")]
-    cur = check.measure(SMALL, pairs, seed=1, factories={"brand_new": make})
-    rows, _ = check.compare(small_baseline, cur)
+    cur = measure.measure(SMALL, pairs, seed=1, factories={"brand_new": make})
+    rows, _ = stats.compare(small_baseline, cur)
     got = {r.task: r for r in rows}
     assert got["toy"].status == "new" and not got["toy"].fails
     skipped = got["categorical_vae"]
@@ -185,15 +185,15 @@ def test_broken_estimator_is_an_error_not_a_traceback(small_baseline):
         e = Broken()
         e.name = "reinforce"
         return e
-    cur = check.measure(SMALL, [("toy", "reinforce")], seed=1, factories={"reinforce": make})
-    rows, _ = check.compare(small_baseline, cur)
+    cur = measure.measure(SMALL, [("toy", "reinforce")], seed=1, factories={"reinforce": make})
+    rows, _ = stats.compare(small_baseline, cur)
     assert rows[0].status == "ERROR" and "boom" in rows[0].note and rows[0].fails
 
 
 # --- the command line (toy task: fast) ---------------------------------------------------------
 
 def run_main(capsys, *args):
-    code = check.main(list(args))
+    code = cli.main(list(args))
     out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -211,8 +211,8 @@ def test_cli_update_check_plant_and_missing(toy_dirs, capsys):
     base, out = toy_dirs
     common = ["--tasks", "toy", "--estimators", CLI_ESTIMATORS, "--no-timing",
               "--baselines", str(base), "--out", str(out)]
-    doc = json.loads((base / check.VARIANCE_FILE).read_text())
-    assert doc["seed"] == check.UPDATE_SEED and doc["settings"] == check.Settings().to_json()
+    doc = json.loads((base / settings.VARIANCE_FILE).read_text())
+    assert doc["seed"] == settings.UPDATE_SEED and doc["settings"] == settings.Settings().to_json()
     assert set(doc["pairs"]) == {f"toy/{n}" for n in CLI_ESTIMATORS.split(",")}
 
     code, text, _ = run_main(capsys, *common)
@@ -225,18 +225,18 @@ def test_cli_update_check_plant_and_missing(toy_dirs, capsys):
 
     # an estimator without a baseline is reported as new and does not fail ...
     doc["pairs"].pop("toy/gumbel_softmax")
-    (base / check.VARIANCE_FILE).write_text(json.dumps(doc))
+    (base / settings.VARIANCE_FILE).write_text(json.dumps(doc))
     code, text, _ = run_main(capsys, *common)
     assert code == 0 and "new" in text and "--update-missing" in text
     # ... and --update-missing adds it, leaving the other baselines as they were
     code, _, _ = run_main(capsys, *common, "--update-missing")
     assert code == 0
-    doc2 = json.loads((base / check.VARIANCE_FILE).read_text())
+    doc2 = json.loads((base / settings.VARIANCE_FILE).read_text())
     assert "toy/gumbel_softmax" in doc2["pairs"]
     assert doc2["pairs"]["toy/reinforce"] == doc["pairs"]["toy/reinforce"]
     # --update NAME rewrites that estimator's baseline only
     code, _, _ = run_main(capsys, *common, "--update", "reinforce", "--seed", "7")
-    doc3 = json.loads((base / check.VARIANCE_FILE).read_text())
+    doc3 = json.loads((base / settings.VARIANCE_FILE).read_text())
     assert code == 0 and doc3["pairs"]["toy/reinforce"] != doc2["pairs"]["toy/reinforce"]
     assert doc3["pairs"]["toy/exact"] == doc2["pairs"]["toy/exact"]
 
@@ -260,7 +260,7 @@ def test_cli_refuses_missing_or_incompatible_baselines(toy_dirs, tmp_path, capsy
     common = ["--tasks", "toy", "--estimators", "reinforce", "--no-timing", "--out", str(out)]
     code, _, err = run_main(capsys, *common, "--baselines", str(tmp_path / "none"))
     assert code == 2 and "no baseline" in err and "--update" in err
-    path = base / check.VARIANCE_FILE
+    path = base / settings.VARIANCE_FILE
     doc = json.loads(path.read_text())
     path.write_text(json.dumps(dict(doc, settings=dict(doc["settings"], groups=99))))
     code, _, err = run_main(capsys, *common, "--baselines", str(base))
@@ -291,16 +291,16 @@ def test_cli_with_timing_writes_pytest_benchmark_json(toy_dirs, tmp_path):
 # --- the committed baselines ----------------------------------------------------------------
 
 def test_committed_baselines_are_valid():
-    doc = json.loads((check.BASELINE_DIR / check.VARIANCE_FILE).read_text())
-    settings = check.Settings()
-    assert doc["schema"] == check.SCHEMA and doc["settings"] == settings.to_json()
-    assert doc["seed"] != check.CHECK_SEED  # the check's samples are independent of them
-    assert set(doc["fingerprints"]) == set(check.TASKS)
+    doc = json.loads((settings.BASELINE_DIR / settings.VARIANCE_FILE).read_text())
+    fixed = settings.Settings()
+    assert doc["schema"] == settings.SCHEMA and doc["settings"] == fixed.to_json()
+    assert doc["seed"] != settings.CHECK_SEED  # the check's samples are independent of them
+    assert set(doc["fingerprints"]) == set(settings.TASKS)
     assert doc["pairs"]
     for key, e in doc["pairs"].items():
         assert e["status"] == "measured" and key == f"{e['task']}/{e['estimator']}"
-        assert len(e["groups"]) == settings.groups and e["m"] == settings.m_for(e["task"])
+        assert len(e["groups"]) == fixed.groups and e["m"] == fixed.m_for(e["task"])
         assert all(v >= 0 and math.isfinite(v) for v in e["groups"])
-    timing = json.loads((check.BASELINE_DIR / check.TIMING_FILE).read_text())
+    timing = json.loads((settings.BASELINE_DIR / settings.TIMING_FILE).read_text())
     assert {(b["extra_info"]["task"], b["extra_info"]["estimator"])
             for b in timing["benchmarks"]} <= {tuple(k.split("/")) for k in doc["pairs"]}

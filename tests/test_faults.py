@@ -32,8 +32,8 @@ from omegaconf import OmegaConf
 import tasks
 from bench import results
 from bench.config import apply_cpu_settings, build_estimator
+from bench.loop import Trainer
 from bench.paths import CONF_DIR, REPO_DIR
-from bench.train import Trainer
 from tasks import datasets
 
 SMALL = ["task.encoder_hidden=[32]", "task.decoder_hidden=[32]", "train.batch_size=50",

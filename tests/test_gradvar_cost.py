@@ -1,6 +1,6 @@
 """VAE.grad_variance (the Gram-matrix form) is the same number as its definition
 (VAE.grad_variance_vjp: the M per-estimate encoder gradients, their variance,
-averaged over parameters) on the same samples; bench.gradvar_cost runs."""
+averaged over parameters) on the same samples; `python -m bench gradvar_cost` runs."""
 
 import json
 from types import SimpleNamespace

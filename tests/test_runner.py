@@ -12,8 +12,8 @@ from omegaconf import OmegaConf
 import estimators
 from bench import results
 from bench.config import ConfigError
+from bench.jobs import run
 from bench.paths import CONF_DIR, REPO_DIR
-from bench.train import run
 
 SMALL = ["task.encoder_hidden=[32]", "task.decoder_hidden=[32]", "train.steps=20",
          "eval.every=10", "eval.grad_samples=4", "eval.nll_samples=4", "train.batch_size=50"]
@@ -145,7 +145,7 @@ def test_a_nan_gradient_under_a_finite_objective_is_recorded_at_its_step(
 
 
 def test_flush_denormal_is_applied_to_the_training_steps(tmp_path, monkeypatch):
-    from bench.train import Trainer
+    from bench.loop import Trainer
 
     real = Trainer.step
     seen = set()

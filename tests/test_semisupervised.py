@@ -220,9 +220,9 @@ def test_tiny_end_to_end_runs_on_digits_and_alpha_selection(tmp_path):
     import pandas as pd
 
     from bench.cli import job_configs
+    from bench.jobs import run
     from bench.results import load
     from bench.studies.ssl_select import main
-    from bench.train import run
 
     common = ["task=semisupervised", "dataset=digits", "task.classifier_hidden=[64]",
               "task.encoder_hidden=[64]", "task.decoder_hidden=[64]", "task.latent_dim=8",

@@ -1,4 +1,4 @@
-"""bench.speed runs (on its synthetic stand-in when binarized MNIST is absent) and
+"""`python -m bench speed` runs (on its synthetic stand-in when binarized MNIST is absent) and
 reports every variant and ratio it documents; the ratios are the quotients of the
 rates it reports."""
 

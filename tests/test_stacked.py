@@ -13,9 +13,10 @@ import estimators
 import tasks
 from bench import results
 from bench.config import config_hash
+from bench.jobs import run
+from bench.loop import Trainer
 from bench.paths import CONF_DIR, REPO_DIR
 from bench.stacked import StackedTrainer, seed_config
-from bench.train import Trainer, run
 from tasks import datasets
 
 SMALL = ["task.encoder_hidden=[32]", "task.decoder_hidden=[32]", "train.steps=12",
@@ -169,7 +170,8 @@ def test_refusals_are_one_line(tmp_path, override, expect):
 
 
 def test_refused_settings_in_process(tmp_path):
-    from bench.config import ConfigError, validate
+    from bench.config import ConfigError
+    from bench.jobs import validate
 
     for bad, msg in (("seeds=[]", "non-empty list"), ("seeds=[1,1]", "must not repeat"),
                      ("seeds=[0,-1]", "integers >= 0"), ("seeds=[0,1] seed=2", "replaces seed"),

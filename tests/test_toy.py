@@ -135,7 +135,7 @@ def test_straight_through_stalls_where_its_bias_says():
     assert ref["prob_optimal"] > 0.95
 
 
-# --- the bias/variance study (bench/biasvar.py) --------------------------------
+# --- the bias/variance study (bench/studies/biasvar.py) --------------------------------
 
 def test_study_statistics_against_known_distributions():
     from bench.studies.biasvar import summarise

@@ -1,6 +1,6 @@
 """Cost of the gradient-variance measurement relative to one training step, in one process.
 
-    python -m bench.gradvar_cost [--estimators gumbel_softmax reinforce] [--m 100]
+    python -m bench gradvar_cost [--estimators gumbel_softmax reinforce] [--m 100]
                                  [--rounds 5] [--steps 20] [--threads 1] [--clock cpu|wall]
                                  [--data_dir DIR] [--out FILE]
 
@@ -9,7 +9,7 @@ Categorical VAE 20x10 (conf/task/categorical_vae.yaml), batch B = 100, binarized
 on the pixel values). Timed, in interleaved rounds so that load on the machine hits all
 alike, medians reported:
 
-  step       one training step, bench.train.Trainer.step
+  step       one training step, bench.loop.Trainer.step
   grad_var   task.grad_variance(x, est, M): the variance over M independent estimates
              of the encoder gradient on the minibatch x, averaged over parameters,
              computed through B x B Gram matrices of each layer's input (see VAE.grad_variance)
@@ -77,7 +77,7 @@ def flop_floors(task, m: int, b: int) -> dict:
 
 
 def timers(task, est, data, x, m, steps):
-    from bench.train import Trainer
+    from bench.loop import Trainer
 
     trainer = Trainer(task, est, data, BATCH, 1e-3)
     n, k = task.latent_shape
@@ -116,7 +116,7 @@ def measure(fns, rounds, clock, sync):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.gradvar_cost",
+    ap = argparse.ArgumentParser(prog="python -m bench gradvar_cost",
                                  description=__doc__.split("\n")[0])
     ap.add_argument("--estimators", nargs="+", default=["gumbel_softmax", "reinforce"])
     ap.add_argument("--m", type=int, default=100, help="independent estimates (M)")

@@ -1,12 +1,12 @@
 """Throughput of the training step, measured against two references in one process.
 
-    python -m bench.speed [--steps 300] [--rounds 5] [--warmup 1000] [--threads 1]
+    python -m bench speed [--steps 300] [--rounds 5] [--warmup 1000] [--threads 1]
                           [--estimator gumbel_softmax] [--data_dir DIR] [--device cpu]
                           [--stack 4] [--out FILE]
 
 Categorical VAE 20x10 (784-512-256-200 / 200-256-512-784), batch 100:
 
-  runner  this suite's Trainer (bench.train): data resident on the device, randperm batches,
+  runner  this suite's Trainer (bench.loop): data resident on the device, randperm batches,
           the estimator contract, fused Adam, subnormals flushed to zero (``flush_denormal``,
           on in every run of ``bench run``);
   plain   a plain implementation of the same model and loss: TensorDataset + DataLoader
@@ -65,7 +65,7 @@ def load_train(data_dir, device):
 def runner_steps(data, estimator, device):
     import estimators
     import tasks
-    from bench.train import Trainer
+    from bench.loop import Trainer
 
     torch.manual_seed(0)
     task = tasks.build({"name": "categorical_vae", "latents": N_LAT, "categories": K}, data, device)
@@ -185,7 +185,7 @@ def measure(fns: dict, steps: int, rounds: int, device, clock=time.perf_counter,
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.speed", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m bench speed", description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1000,

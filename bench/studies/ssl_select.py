@@ -2,7 +2,7 @@
 estimator on the validation split, and report the test metrics of the choice
 (Jang, Gu & Poole 2017, Table 3).
 
-    python -m bench.ssl_select RESULTS_DIR [--out DIR]
+    python -m bench ssl_select RESULTS_DIR [--out DIR]
 
 For every (estimator, seed) the run whose final evaluation has the highest
 ``valid_accuracy`` is chosen among the alphas tried (the test split is never
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..report.page import mean_ci
+from ..report.stats import mean_ci
 from ..results import load
 
 # Jang et al. (2017), Table 3 (MNIST, 100 labels, convolutional networks):
@@ -130,7 +130,7 @@ def curves(df: pd.DataFrame, chosen: pd.DataFrame, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.ssl_select", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m bench ssl_select", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results_dir")
     ap.add_argument("--out", default=None, help="folder for grid.csv, selected.csv, "

@@ -1,12 +1,12 @@
 """Training speed of a sampled label against marginalisation in the M2 model,
 as the number of classes K grows (Jang, Gu & Poole 2017, section 4.3, Fig. 5).
 
-    python -m bench.ssl_speedup [--ks 10 20 50 100] [--device cpu|cuda] [--out DIR]
+    python -m bench ssl_speedup [--ks 10 20 50 100] [--device cpu|cuda] [--out DIR]
 
 For every K the ``semisupervised`` task is built once on MNIST images with
 random labels in {0..K-1} (as in the paper), and every estimator trains its own
 copy of the same initial model with the runner's own training step
-(``bench.train.Trainer``: an unlabelled batch + the labelled batch, loss,
+(``bench.loop.Trainer``: an unlabelled batch + the labelled batch, loss,
 backward, Adam update). The estimators are timed in the same process, in
 alternating order, in several rounds; the speed-up of each round is the ratio
 of the two estimators' median step times in that round, so slow drifts of a
@@ -94,7 +94,7 @@ def measure(ks, estimator_names, args, device, log=print):
     import estimators
     import tasks
 
-    from ..train import Trainer
+    from ..loop import Trainer
 
     rows = []
     for k in ks:
@@ -188,7 +188,7 @@ def figure(summ, fast: str, slow: str, path: Path, title: str) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.ssl_speedup", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m bench ssl_speedup", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ks", type=int, nargs="+", default=[10, 20, 50, 100])
     ap.add_argument("--fast", default="gumbel_softmax", help="the sampling estimator")
@@ -227,7 +227,7 @@ def main(argv=None) -> int:
     from tasks.datasets import DataError
 
     from ..config import ConfigError, apply_cpu_settings, check_device
-    from ..train import git_sha
+    from ..loop import git_sha
 
     for key, v, lo in (("--steps", a.steps, 1), ("--rounds", a.rounds, 2),
                        ("--warmup", a.warmup, 0), ("--batch-size", a.batch_size, 1),

@@ -1,0 +1,136 @@
+"""Loading a store (or an exported rows.csv) for the report, with row and cell
+labels: a row is runs that agree on everything but the estimator and the seed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from ..results import load
+
+# config keys that do not change a run's numbers (nor its row)
+_NOT_IN_ROW = {"results_dir", "data_dir", "skip_complete", "progress", "threads", "device",
+               "seed", "estimator", "flush_denormal"}
+_NOT_IN_ROW_TRAIN = {"save_model", "check_every"}
+
+
+# --- loading: rows, run configs, row and cell labels ----------------------------
+
+@dataclass
+class Runs:
+    rows: pd.DataFrame                      # tidy rows + row/cell columns
+    configs: dict = field(default_factory=dict)   # run_id -> resolved config
+    dirs: dict = field(default_factory=dict)      # run_id -> run folder
+    meta: dict = field(default_factory=dict)      # run_id -> meta.json
+
+
+def _row_signature(cfg: dict) -> str:
+    c = {k: v for k, v in cfg.items() if k not in _NOT_IN_ROW}
+    if isinstance(c.get("train"), dict):
+        c["train"] = {k: v for k, v in c["train"].items() if k not in _NOT_IN_ROW_TRAIN}
+    return hashlib.sha1(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _report_node(cfg: dict) -> dict:
+    node = cfg.get("report") if isinstance(cfg, dict) else None
+    return node if isinstance(node, dict) else {}
+
+
+def _steps_label(steps) -> str:
+    steps = int(steps)
+    return f"{steps // 1000}k" if steps >= 1000 and steps % 1000 == 0 else str(steps)
+
+
+def load_runs(path) -> Runs:
+    """The store (or an exported rows.csv) with row and cell labels attached."""
+    path = Path(path)
+    if path.is_file():
+        rows = pd.read_csv(path, dtype={"git_sha": str, "config_hash": str, "run_id": str})
+        for col, default in (("setting", ""), ("experiment", ""), ("reduced", False),
+                             ("status", "complete")):
+            if col not in rows:
+                rows[col] = default
+        if "row" not in rows:
+            rows["row"] = rows["task"].astype(str) + " · " + rows["dataset"].astype(str)
+        if "cell" not in rows:
+            rows["cell"] = rows["estimator"]
+        rows["setting"] = rows["setting"].fillna("")
+        rows["experiment"] = rows["experiment"].fillna("")
+        return Runs(rows=rows)
+
+    rows = load(path)
+    root = path / "runs" if (path / "runs").is_dir() else path
+    runs = Runs(rows=rows)
+    for mf in root.glob("*/*/meta.json"):
+        try:
+            meta = json.loads(mf.read_text())
+        except (OSError, ValueError):
+            continue
+        rid = meta.get("run_id", mf.parent.name)
+        runs.meta[rid] = meta
+        runs.configs[rid] = meta.get("config") or {}
+        runs.dirs[rid] = mf.parent
+    _label(runs)
+    return runs
+
+
+def _label(runs: Runs) -> None:
+    """Attach row / cell / setting / experiment / reduced columns to runs.rows."""
+    df = runs.rows
+    if df.empty:
+        for c in ("row", "cell", "setting", "experiment"):
+            df[c] = pd.Series(dtype=str)
+        df["reduced"] = pd.Series(dtype=bool)
+        return
+    info = {}
+    for rid in df["run_id"].unique():
+        cfg = runs.configs.get(rid, {})
+        rep = _report_node(cfg)
+        first = df[df["run_id"] == rid].iloc[0]
+        steps = (cfg.get("train") or {}).get("steps", df.loc[df["run_id"] == rid, "step"].max())
+        info[rid] = dict(sig=_row_signature(cfg) if cfg else f"{first['task']}|{first['dataset']}",
+                         task=str(first["task"]), dataset=str(first["dataset"]), steps=int(steps),
+                         setting=str(rep.get("setting", "")),
+                         experiment=str(rep.get("experiment", "")),
+                         reduced=bool(rep.get("reduced", False)),
+                         est=str(first["estimator"]),
+                         est_opts=json.dumps({k: v for k, v in (cfg.get("estimator") or {}).items()
+                                              if k != "name"}, sort_keys=True, default=str))
+    # row labels: task (experiment, steps); a hash suffix only where two rows collide
+    by_sig = {}
+    for i in info.values():
+        by_sig.setdefault(i["sig"], i)
+    def describe(i):
+        where = i["experiment"] or i["setting"] or i["dataset"]
+        if i["setting"] and not where.startswith(i["setting"]):
+            where = f"{i['setting']}, {where}"  # e.g. the architecture of a grid
+        return f"{i['task']} ({where}, {_steps_label(i['steps'])} steps)"
+
+    base = {s: describe(i) for s, i in by_sig.items()}
+    counts = pd.Series(list(base.values())).value_counts()
+    row_label = {s: (b if counts[b] == 1 else f"{b} #{s[:6]}") for s, b in base.items()}
+    # cell labels: the estimator's name, plus its options where a row holds several
+    cell = {}
+    for sig in by_sig:
+        members = [(rid, i) for rid, i in info.items() if i["sig"] == sig]
+        for est in {i["est"] for _, i in members}:
+            variants = sorted({i["est_opts"] for _, i in members if i["est"] == est})
+            for rid, i in members:
+                if i["est"] != est:
+                    continue
+                if len(variants) == 1:
+                    cell[rid] = est
+                else:
+                    mine = json.loads(i["est_opts"])
+                    others = [json.loads(v) for v in variants]
+                    diff = sorted(k for k in mine if any(o.get(k) != mine[k] for o in others))
+                    cell[rid] = est + "[" + ",".join(f"{k}={mine[k]}" for k in diff) + "]"
+    df["row"] = df["run_id"].map(lambda r: row_label[info[r]["sig"]])
+    df["cell"] = df["run_id"].map(cell)
+    for key in ("setting", "experiment", "reduced"):
+        df[key] = df["run_id"].map(lambda r, k=key: info[r][k])
+    df["train_steps"] = df["run_id"].map(lambda r: info[r]["steps"])

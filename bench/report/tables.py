@@ -1,0 +1,155 @@
+"""The report's tables: the long summary, rows x estimators with the published
+value beside ours, and their Markdown, LaTeX and CSV files."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from .published import published_for, setting_order
+from .stats import final_rows, mean_ci
+
+HEADLINE = ["test_neg_elbo", "test_nll", "train_neg_elbo", "log10_grad_var", "step_time_s",
+            "wall_s"]
+
+METRIC_LABELS = {
+    "test_neg_elbo": "test −ELBO, single sample (nats)",
+    "test_nll": "test NLL bound, m importance samples (nats)",
+    "train_neg_elbo": "train −ELBO, single sample (nats)",
+    "valid_neg_elbo": "validation −ELBO, single sample (nats)",
+    "log10_grad_var": "log10 gradient variance",
+    "grad_var": "gradient variance (mean over encoder parameters)",
+    "step_time_s": "median training step time (s)",
+    "wall_s": "whole run, evaluations included (s)",
+}
+
+# the estimators of the papers' tables, in their column order; others follow by name
+PAPER_ORDER = ["reinforce", "darn", "muprop", "straight_through", "annealed_st",
+               "gumbel_softmax", "st_gumbel_softmax", "concrete_kl"]
+
+# --- tables -------------------------------------------------------------------
+
+def row_info(df: pd.DataFrame) -> pd.DataFrame:
+    """One line per row: task, dataset, setting, experiment, steps, reduced, published."""
+    cols = ["row", "task", "dataset", "setting", "experiment", "reduced"]
+    if "train_steps" in df:
+        cols.append("train_steps")
+    info = df[cols].drop_duplicates("row").copy()
+    order = setting_order()
+    info["_rank"] = info["setting"].map(lambda s: order.index(s) if s in order else len(order))
+    info = info.sort_values(["_rank", "setting", "experiment", "task", "row"])
+    info = info.drop(columns="_rank").set_index("row")
+    info["published"] = [published_for(r.setting, r.task, r.dataset) for r in info.itertuples()]
+    return info
+
+
+def summary(df: pd.DataFrame, metrics=None) -> pd.DataFrame:
+    """Long table: row, cell, metric -> mean, ci95, seeds, published (complete runs only)."""
+    cols = ["row", "task", "dataset", "estimator", "cell", "metric", "mean", "ci95", "seeds",
+            "published", "published_source"]
+    if df.empty:
+        return pd.DataFrame(columns=cols)
+    if "row" not in df:
+        df = df.assign(row=df["task"].astype(str) + " · " + df["dataset"].astype(str),
+                       cell=df["estimator"], setting="", experiment="", reduced=False)
+    done = df[df["status"].isin(["complete"])] if "status" in df else df
+    fin = final_rows(done)
+    if metrics is not None:
+        fin = fin[fin["metric"].isin(metrics)]
+    info = row_info(df)
+    out = []
+    for (row, cell, metric), g in fin.groupby(["row", "cell", "metric"], sort=False):
+        m, h, n = mean_ci(g["value"])
+        pub = info.loc[row, "published"]
+        est = g["estimator"].iloc[0]
+        p = pub["values"].get(est, math.nan) if pub and pub["metric"] == metric else math.nan
+        out.append({"row": row, "task": g["task"].iloc[0], "dataset": g["dataset"].iloc[0],
+                    "estimator": est, "cell": cell, "metric": metric, "mean": m, "ci95": h,
+                    "seeds": n, "published": p,
+                    "published_source": pub["source"] if pub and not math.isnan(p) else ""})
+    return pd.DataFrame(out, columns=cols)
+
+
+def column_order(names) -> list[str]:
+    names = list(dict.fromkeys(names))
+
+    def key(n):
+        base = n.split("[")[0]
+        return (PAPER_ORDER.index(base) if base in PAPER_ORDER else len(PAPER_ORDER), n)
+    return sorted(names, key=key)
+
+
+def _fmt(m, h, digits=1) -> str:
+    if m is None or (isinstance(m, float) and math.isnan(m)):
+        return ""
+    if h is None or math.isnan(h):
+        return f"{m:.{digits}f}"
+    return f"{m:.{digits}f} ± {h:.{digits}f}"
+
+
+def _digits(metric: str) -> int:
+    return {"step_time_s": 4, "log10_grad_var": 2, "wall_s": 0}.get(metric, 1)
+
+
+def table(summ: pd.DataFrame, info: pd.DataFrame, metric: str | None):
+    """Rows x cells. metric=None: each row's paper metric (default test_neg_elbo).
+    Returns (display frame of strings, numbers frame for the CSV)."""
+    cells = column_order(summ["cell"].unique()) if len(summ) else []
+    disp, nums = [], []
+    for row in info.index:
+        pub = info.loc[row, "published"]
+        met = metric or (pub["metric"] if pub else "test_neg_elbo")
+        row_cells = list(cells)
+        if pub and pub["metric"] == met:
+            row_cells += [e for e in pub["values"] if e not in row_cells]
+        d = {"task": row, "metric": met}
+        n = {"row": row, "metric": met}
+        for c in column_order(set(cells) | set(row_cells)):
+            r = summ[(summ["row"] == row) & (summ["cell"] == c) & (summ["metric"] == met)]
+            m = float(r["mean"].iloc[0]) if len(r) else math.nan
+            h = float(r["ci95"].iloc[0]) if len(r) else math.nan
+            s = int(r["seeds"].iloc[0]) if len(r) else 0
+            p = pub["values"].get(c, math.nan) if pub and pub["metric"] == met else math.nan
+            txt = _fmt(m, h, _digits(met))
+            if not math.isnan(p):
+                txt = f"{txt or '—'} [{p:.1f}]"
+            d[c] = txt
+            n[f"{c}:mean"], n[f"{c}:ci95"], n[f"{c}:seeds"], n[f"{c}:published"] = m, h, s, p
+        disp.append(d)
+        nums.append(n)
+    dframe = pd.DataFrame(disp).fillna("")
+    rest = [c for c in dframe.columns if c not in ("task", "metric")]
+    cols = ["task", "metric"] + column_order(rest)
+    return dframe.reindex(columns=cols).fillna(""), pd.DataFrame(nums)
+
+
+def to_markdown(frame: pd.DataFrame) -> str:
+    def esc(v):
+        return str(v).replace("|", "\\|")
+    lines = ["| " + " | ".join(esc(c) for c in frame.columns) + " |",
+             "|" + "---|" * len(frame.columns)]
+    for _, r in frame.iterrows():
+        lines.append("| " + " | ".join(esc(v) for v in r.values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_latex(frame: pd.DataFrame, caption: str) -> str:
+    def tex(v):
+        s = str(v)
+        for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("&", r"\&"), ("%", r"\%"),
+                     ("#", r"\#"), ("±", r"$\pm$"), ("−", "-"), ("—", "--"), ("·", r"$\cdot$")):
+            s = s.replace(a, b)
+        return s
+    body = frame.map(tex)
+    body.columns = [tex(c) for c in frame.columns]
+    return body.to_latex(index=False, escape=False, caption=tex(caption),
+                         column_format="l" * len(frame.columns))
+
+
+def write_table(frame, nums, out: Path, name: str, caption: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.md").write_text(f"{caption}\n\n{to_markdown(frame)}")
+    (out / f"{name}.tex").write_text(to_latex(frame, caption))
+    nums.to_csv(out / f"{name}.csv", index=False)
