@@ -19,6 +19,7 @@ from .config import (
     config_hash,
     validate,
 )
+from .counting import cost_metrics
 from .loop import StepClock, Trainer, evaluation_metrics, git_sha
 from .results import Store
 
@@ -77,6 +78,7 @@ def run(cfg: dict) -> str | dict:
             metrics["train_objective"] = obj_sum.item() / obj_count
             obj_sum, obj_count = torch.zeros((), device=device), 0
         metrics.update(clock.timing_metrics())
+        metrics.update(cost_metrics(trainer.counted.f_evals, step))
         wall = clock.wall()
         if final:
             metrics["wall_s"] = wall
