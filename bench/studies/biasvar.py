@@ -30,6 +30,16 @@ and Sigma the estimates' covariance:
                       updates included), in milliseconds, ``threads`` threads;
                       ``ms_min`` the fastest of those steps (less sensitive to other
                       load on the machine; the figure shows it).
+* ``f_evals``         evaluations of f for one estimate on the task's batch, counted
+                      by the runner's counter (bench.counting) on a training call;
+                      ``evals_per_example`` that over the batch size (REINFORCE: 1,
+                      leave-one-out and VIMCO: S, exact: K^N);
+* ``var_x_evals``     variance * evals_per_example, and ``rel_std_eq`` =
+                      rel_std * sqrt(evals_per_example): the equal-evaluations view.
+                      Averaging c independent estimates divides the variance by c, so
+                      at a fixed budget of evaluations an estimator that costs c times
+                      more has c times its variance relative to a one-evaluation
+                      estimator; bias does not average away.
 
 Estimators that learn from their calls (control variates) are first called
 ``warmup`` times in training mode at the same point (the model is not updated),
@@ -58,12 +68,14 @@ import estimators
 import tasks
 from tasks import datasets
 
+from ..counting import CountingEstimator
 from ..paths import CONF_DIR, REPO_DIR
 from .biasvar_output import figure, markdown
 
 COLUMNS = ["task", "estimator", "declared_unbiased", "estimates", "params", "grad_norm",
            "rel_bias", "noise_floor", "rel_bias_corr", "bias_stat", "bias_dof", "bias_detected",
-           "variance", "rel_std", "mse", "rel_rmse", "cosine", "ms_per_estimate", "ms_min"]
+           "variance", "rel_std", "mse", "rel_rmse", "cosine", "ms_per_estimate", "ms_min",
+           "f_evals", "evals_per_example", "var_x_evals", "rel_std_eq"]
 
 
 def load_settings(overrides: list[str]) -> dict:
@@ -221,7 +233,8 @@ def run_study(settings: dict, log=print) -> list[dict]:
                 continue
             torch.manual_seed(seed)
             est = estimators.get(name)
-            task.loss(x, est)  # one training-mode call: builds any control variate
+            counted = CountingEstimator(est)  # one training-mode call, counted: builds
+            task.loss(x, counted)              # any control variate
             if est.extra_parameters():
                 for _ in range(int(settings.get("warmup", 0))):
                     task.loss(x, est)
@@ -232,10 +245,16 @@ def run_study(settings: dict, log=print) -> list[dict]:
             row.update(summarise(estimates(task, x, est, 2 if name == "exact" else m).detach(), g))
             row["ms_per_estimate"], row["ms_min"] = step_ms(task, x, est,
                                                             int(settings["timing_repeats"]))
+            batch = x.shape[0] if x is not None else int(getattr(task, "batch", 1))
+            row["f_evals"] = counted.f_evals
+            row["evals_per_example"] = c = counted.f_evals / batch
+            row["var_x_evals"] = row["variance"] * c
+            row["rel_std_eq"] = row["rel_std"] * math.sqrt(c)
             rows.append(row)
             log(f"[biasvar]   {name:18s} rel_bias {row['rel_bias']:.3g} "
                 f"(floor {row['noise_floor']:.3g}) rel_std {row['rel_std']:.3g} "
                 f"cos {row['cosine']:.3f} {row['ms_per_estimate']:.2f} ms "
+                f"{row['evals_per_example']:g} evals/example "
                 f"[{time.perf_counter() - t0:.1f}s]")
     alpha = float(settings.get("bias_alpha", 1e-3)) / max(1, len(rows))
     for row in rows:

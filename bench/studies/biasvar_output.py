@@ -22,10 +22,13 @@ def _fmt(v) -> str:
 def markdown(df, header: str) -> str:
     cols = ["estimator", "declared_unbiased", "rel_bias", "noise_floor", "rel_bias_corr",
             "bias_detected", "rel_std", "rel_rmse", "cosine", "variance", "ms_per_estimate",
-            "ms_min"]
+            "ms_min", "evals_per_example", "var_x_evals", "rel_std_eq"]
     names = ["estimator", "unbiased (declared)", "rel. bias", "noise floor", "rel. bias (corr.)",
              "bias found", "rel. std", "rel. RMSE", "cosine", "variance / param",
-             "ms / estimate", "ms (fastest)"]
+             "ms / estimate", "ms (fastest)", "f evals / example", "variance × evals",
+             "rel. std at equal evals"]
+    keep = [i for i, c in enumerate(cols) if c in df]
+    cols, names = [cols[i] for i in keep], [names[i] for i in keep]
     out = [header, ""]
     for task, g in df.groupby("task", sort=False):
         out.append(f"### {task}  (|g| = {_fmt(float(g['grad_norm'].iloc[0]))}, "
@@ -36,7 +39,19 @@ def markdown(df, header: str) -> str:
         for _, r in g.sort_values("rel_rmse").iterrows():
             out.append("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
         out.append("")
+        if "rel_std_eq" in g:
+            out += [equal_evals_line(g), ""]
     return "\n".join(out)
+
+
+def equal_evals_line(g) -> str:
+    """The task's estimators ranked by relative std at an equal budget of evaluations
+    (rel. std x sqrt(evals per example)), the significantly biased ones marked."""
+    g = g[(g["estimator"] != "exact") & (g["rel_std_eq"] > 0)].sort_values("rel_std_eq")
+    parts = [f"{r.estimator}{'†' if r.bias_detected else ''} {_fmt(float(r.rel_std_eq))}"
+             for r in g.itertuples()]
+    return ("At equal evaluations (rel. std × √(evals per example), lowest first; † "
+            "significantly biased, which averaging does not remove): " + ", ".join(parts) + ".")
 
 
 def figure(df, path_stem: Path) -> None:
@@ -49,7 +64,8 @@ def figure(df, path_stem: Path) -> None:
     sns.set_theme(style="whitegrid", font_scale=0.8)
     task_names = list(dict.fromkeys(df["task"]))
     order = (df.groupby("estimator")["rel_rmse"].median().sort_values().index.tolist())
-    n = len(task_names) + 1
+    evals = "evals_per_example" in df
+    n = len(task_names) + 1 + evals
     cols = 3
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 0.26 * len(order) * rows + 1.6),
@@ -67,6 +83,10 @@ def figure(df, path_stem: Path) -> None:
         ax.scatter(g["noise_floor"][~found], ys[~found], marker="<", facecolors="none",
                    edgecolors="tab:red", label="no significant bias: below this noise floor",
                    zorder=3)
+        if "rel_std_eq" in g:
+            ax.scatter(g["rel_std_eq"], ys, marker="s", facecolors="none", edgecolors="tab:blue",
+                       label="relative std at equal evaluations (× √evals per example)",
+                       zorder=3)
         ax.set_xscale("log")
         ax.set_title(task)
         ax.set_xlabel("relative to |exact gradient|")
@@ -78,6 +98,14 @@ def figure(df, path_stem: Path) -> None:
     cost.set_title("cost")
     cost.set_xlabel("ms per gradient estimate (fastest of the timed steps, 1 thread)")
     cost.legend(fontsize=6, loc="center right")
+    if evals:
+        ev = axes.flat[len(task_names) + 1]
+        for task in task_names:
+            g = df[df["task"] == task]
+            ev.scatter(g["evals_per_example"], g["estimator"].map(y), s=14, label=task)
+        ev.set_xscale("log")
+        ev.set_title("evaluations of f")
+        ev.set_xlabel("f evaluations per example per estimate (counted)")
     for ax in axes.flat[n:]:
         ax.axis("off")
     axes[0, 0].set_yticks(range(len(order)))
