@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from bench.paths import REPO_DIR
-from bench.report.budget import budget_table, interpolate
+from bench.report.budget import budget_table, cost_rows, interpolate
 from bench.report.runs import load_runs
 from bench.results import Store
 
@@ -73,6 +73,24 @@ def test_budget_table_values_and_gaps(tmp_path):
     beyond = budget_table(df, 2e4, ["test_neg_elbo"]).set_index("cell")
     assert math.isnan(beyond.loc["cheap", "mean"]) and "stopped at" in beyond.loc["cheap", "gaps"]
     assert not math.isnan(beyond.loc["dear", "mean"])
+
+
+def test_runs_of_different_lengths_share_a_row_at_equal_cost(tmp_path):
+    st = Store(tmp_path)
+    for i, (est, opts, steps) in enumerate([("reinforce", {}, 1000),
+                                            ("loo", {"samples": 4}, 1000),
+                                            ("loo", {"samples": 8}, 500)]):
+        cfg = {"train": {"steps": steps}, "eval": {"every": steps // 5},
+               "estimator": {"name": est, **opts}}
+        rec = st.start(f"h{i}", {"estimator": est, "task": "toy", "dataset": "digits", "seed": 0,
+                                 "git_sha": "abc", "device": "cpu", "config": cfg})
+        rec.write(0, {"expected_loss": 1.0, "f_evals": 0.0}, 0.0)
+        rec.finish("complete")
+    runs = load_runs(tmp_path)
+    assert runs.rows["row"].nunique() == 2  # the report's rows: one per length
+    df = cost_rows(runs)
+    assert df["row"].nunique() == 1
+    assert set(df["cell"]) == {"reinforce", "loo[samples=4]", "loo[samples=8]"}
 
 
 def _cli(*args):

@@ -9,15 +9,23 @@ value at a budget E is interpolated between the two evaluations around E,
 linearly in log f_evals (linearly in f_evals on the first segment, which starts
 at 0); a run that never reached E is a gap with its reason (stopped short,
 diverged, not finished, no count recorded), never extrapolated.
+
+Runs are grouped as in the rest of the report, except that runs differing only in
+their length (``train.steps``, ``eval.every``) share a row here: at equal cost a
+cheap estimator is meant to run more steps than a dear one. Within such a row an
+estimator with several settings is labelled by the options that differ (e.g.
+``reinforce_loo[samples=200]``).
 """
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pandas as pd
 
+from .runs import Runs, _row_signature
 from .stats import mean_ci
 from .tables import METRIC_LABELS, column_order
 
@@ -27,6 +35,47 @@ BUDGET_METRICS = ["test_neg_elbo", "valid_neg_elbo", "train_neg_elbo", "expected
 CURVE_METRICS = [("test_neg_elbo", False), ("grad_var", True), ("expected_loss", False)]
 COST_LABELS = {"f_evals": "evaluations of f (cumulative, log scale)",
                "train_time_s": "training time (s, evaluations excluded)"}
+
+
+# --- rows at equal cost ---------------------------------------------------------------
+
+def cost_rows(runs: Runs) -> pd.DataFrame:
+    """The report's rows with runs of different lengths merged (row and cell relabelled);
+    rows loaded from a rows.csv (no configs) keep their labels."""
+    df = runs.rows
+    if df.empty or not runs.configs:
+        return df
+    sig, label, opts = {}, {}, {}
+    for rid in df["run_id"].unique():
+        cfg = json.loads(json.dumps(runs.configs.get(rid) or {}, default=str))
+        if not cfg:
+            continue
+        (cfg.get("train") or {}).pop("steps", None)
+        (cfg.get("eval") or {}).pop("every", None)
+        first = df[df["run_id"] == rid].iloc[0]
+        rep = cfg.get("report") if isinstance(cfg.get("report"), dict) else {}
+        sig[rid] = _row_signature(cfg)
+        label[rid] = f"{first['task']} ({rep.get('experiment') or first['dataset']}, equal cost)"
+        opts[rid] = {k: v for k, v in (runs.configs[rid].get("estimator") or {}).items()
+                     if k != "name"}
+    if not sig:
+        return df
+    names = {}
+    for rid, s in sig.items():
+        names.setdefault(label[rid], set()).add(s)
+    rows = {rid: label[rid] if len(names[label[rid]]) == 1 else f"{label[rid]} #{s[:6]}"
+            for rid, s in sig.items()}
+    cells = {}
+    est = df.drop_duplicates("run_id").set_index("run_id")["estimator"].astype(str)
+    for rid in sig:
+        peers = [r for r in sig if sig[r] == sig[rid] and est[r] == est[rid]]
+        diff = sorted(k for k in opts[rid] if any(opts[r].get(k) != opts[rid][k] for r in peers))
+        cells[rid] = est[rid] + ("[" + ",".join(f"{k}={opts[rid][k]}" for k in diff) + "]"
+                                 if diff else "")
+    out = df.copy()
+    out["row"] = out["run_id"].map(rows).fillna(out["row"])
+    out["cell"] = out["run_id"].map(cells).fillna(out["cell"])
+    return out
 
 
 # --- interpolation along one run ----------------------------------------------
@@ -241,8 +290,10 @@ def plot_vs_cost(df, rows, metric, x, out, name, log=False, budgets=()) -> list[
     return save(fig, out, name)
 
 
-def figures(df, rows, out, budgets=()) -> list[tuple[str, list[str]]]:
+def figures(runs: Runs, out, budgets=()) -> list[tuple[str, list[str]]]:
     """(title, files) of every cost figure the store has data for."""
+    df = cost_rows(runs)
+    rows = list(dict.fromkeys(df["row"]))
     figs = []
     for metric, log in CURVE_METRICS:
         if metric not in set(df["metric"]):
@@ -258,14 +309,15 @@ def figures(df, rows, out, budgets=()) -> list[tuple[str, list[str]]]:
     return figs
 
 
-def section(df, budgets, tables_dir) -> list[str]:
+def section(runs: Runs, budgets, tables_dir) -> list[str]:
     """The report's equal-cost section: a table per budget (also as CSV)."""
+    df = cost_rows(runs)
     md = ["## Equal cost: at a fixed budget of evaluations of f", "",
           "Each run's value at the budget, interpolated between the evaluations around it "
           "(linear in log f_evals); mean ± 95% CI over the seeds that reached it. `f_evals` is "
           "counted by the runner (rows of z passed to f; grad_var's estimates not included). "
           "A run that stopped short of the budget is a gap with its reason, never "
-          "extrapolated.", ""]
+          "extrapolated. Runs that differ only in their number of steps share a row.", ""]
     for b in budgets:
         t = budget_table(df, float(b))
         name = f"budget_{float(b):g}.csv".replace("+", "")

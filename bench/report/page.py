@@ -165,7 +165,7 @@ def build(results, out, data_dir=None, samples: bool = True, figures: bool = Tru
             for m in others) + ". All rows of the store: [tables/rows.csv](tables/rows.csv); "
             "the long summary: [tables/summary.csv](tables/summary.csv).", ""]
     if budgets:
-        md += budget.section(df, budgets, tdir)
+        md += budget.section(runs, budgets, tdir)
 
     figs = []
     if not figures:
@@ -179,7 +179,7 @@ def build(results, out, data_dir=None, samples: bool = True, figures: bool = Tru
                      plot_curves(df, rows, "test_neg_elbo", "train_time", fdir,
                                  "test_neg_elbo_vs_time", "test −ELBO (nats)",
                                  "training time (s): steps × median step time")))
-        figs += budget.figures(df, rows, fdir, budgets)
+        figs += budget.figures(runs, fdir, budgets)
         figs.append(("Gradient variance against training steps",
                      plot_curves(df, rows, "grad_var", "step", fdir, "grad_var_vs_steps",
                                  "gradient variance (log scale)", "training step", log=True)))
