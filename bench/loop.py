@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .counting import CountingEstimator
+from .counting import attach
 from .optim import make_optimizer
 
 log = logging.getLogger("bench")
@@ -100,8 +100,8 @@ class StepClock:
 class Trainer:
     """The training step: the dataset stays on the device as one tensor and is
     walked by a fresh randperm each epoch (no DataLoader); one estimator call,
-    one backward, one Adam update. The task is handed ``counted``, a view of the
-    estimator that counts f's evaluations (``f_evals``, bench.counting).
+    one backward, one Adam update. ``counter.n``: the estimator's evaluations of f
+    in training (``f_evals``, bench.counting).
 
     Non-finite numbers: ``step(check=True)`` looks at the objective before the
     update and makes none if it is not finite. A non-finite gradient needs no pass
@@ -113,7 +113,7 @@ class Trainer:
 
     def __init__(self, task, est, data, batch_size: int, lr: float):
         self.task, self.est, self.data = task, est, data
-        self.counted = CountingEstimator(est)
+        self.counter = attach(est)
         self.n = data.size("train")
         self.batch_size = min(int(batch_size), self.n)
         self.opt = make_optimizer(task.parameters(), lr)
@@ -131,7 +131,7 @@ class Trainer:
         """One update; returns the (detached) training objective. With ``check``, a
         non-finite objective is returned without updating (a host sync on GPU)."""
         self.est.set_step(step)
-        obj, _ = self.task.loss(self.next_batch(), self.counted)
+        obj, _ = self.task.loss(self.next_batch(), self.est)
         self.opt.zero_grad(set_to_none=True)
         obj.backward()
         obj = obj.detach()

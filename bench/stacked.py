@@ -39,7 +39,7 @@ from .config import (
     config_hash,
     validate,
 )
-from .counting import CountingEstimator, cost_metrics
+from .counting import attach, cost_metrics
 from .loop import StepClock, evaluation_metrics, git_sha
 from .optim import make_optimizer
 from .results import Store
@@ -192,8 +192,8 @@ class StackedTrainer:
             p = torch.stack([v.t() if v.dim() == 2 else v for v in vals]).contiguous()
             self.params[name] = p.requires_grad_(True)
         self.opt = make_optimizer(list(self.params.values()), self.lr)
-        self.counted = CountingEstimator(est)  # f's evaluations per seed (bench.counting)
-        objective = _Objective(copy.deepcopy(task_list[0]), self.counted)
+        self.counter = attach(est)  # f's evaluations, per seed under vmap (bench.counting)
+        objective = _Objective(copy.deepcopy(task_list[0]), est)
         objective.train()
 
         def one(params, x):
@@ -324,7 +324,7 @@ def run(cfg: dict) -> dict:
             if obj_count:
                 metrics["train_objective"] = obj_sum[i].item() / obj_count
             metrics.update(clock.timing_metrics())
-            metrics.update(cost_metrics(trainer.counted.f_evals, step))
+            metrics.update(cost_metrics(trainer.counter.n, step))
             wall = clock.wall()
             if final:
                 metrics["wall_s"] = wall

@@ -78,7 +78,7 @@ def run(cfg: dict) -> str | dict:
             metrics["train_objective"] = obj_sum.item() / obj_count
             obj_sum, obj_count = torch.zeros((), device=device), 0
         metrics.update(clock.timing_metrics())
-        metrics.update(cost_metrics(trainer.counted.f_evals, step))
+        metrics.update(cost_metrics(trainer.counter.n, step))
         wall = clock.wall()
         if final:
             metrics["wall_s"] = wall

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 import estimators
 from bench import results
-from bench.counting import CountingEstimator
+from bench.counting import attach
 from bench.jobs import run
 from bench.paths import CONF_DIR
 
@@ -34,27 +34,39 @@ KNOWN = [
 
 @pytest.mark.parametrize("name,opts,k,per_example", KNOWN)
 def test_counts_match_known_costs(name, opts, k, per_example):
-    est = CountingEstimator(estimators.get(name, **opts))
+    est = estimators.get(name, **opts)
+    counter = attach(est)
     w = torch.randn(N, k)
     logits = torch.randn(B, N, k, requires_grad=True)
     for call in range(1, 3):
         out = est(logits, lambda z: (z * w).sum((-1, -2)))
         out.surrogate.backward()
-        assert est.f_evals == call * per_example * B
-
-
-def test_view_reads_and_sets_the_estimators_attributes():
-    inner = estimators.get("gumbel_softmax", temperature=0.7)
-    est = CountingEstimator(inner)
-    assert est.temperature == 0.7 and est.kl == inner.kl and est.name == "gumbel_softmax"
-    est.training = False
-    assert inner.training is False
+        assert counter.n == call * per_example * B
+    # estimates drawn frozen (grad_var) do not count, nor does a copy (an inner layer)
     with est.frozen():
-        pass
-    est.set_step(3)
-    assert inner.step == 3
-    # a deep copy (an inner layer's estimator) is a plain, uncounted estimator
-    assert type(copy.deepcopy(est)) is type(inner)
+        est(logits, lambda z: (z * w).sum((-1, -2)))
+    copy.deepcopy(est)(logits, lambda z: (z * w).sum((-1, -2)))
+    assert counter.n == 2 * per_example * B and attach(est) is counter
+
+
+def test_counting_keeps_the_estimators_identity_for_the_sbn_layer_copies():
+    """The SBN keeps one estimator copy per upper layer (own baselines), made again
+    when it is handed a different estimator object: training and grad_var must see
+    the same object, or every evaluation would reset the copies."""
+    import tasks
+    from tasks import datasets
+
+    data = datasets.load({"name": "digits"}, None, "cpu")
+    task = tasks.build({"name": "sbn", "latents": 4, "layers": 2}, data, "cpu")
+    est = estimators.get("reinforce", baseline="ema")
+    counter = attach(est)
+    x = data.eval_split("train")[:8]
+    task.loss(x, est)[0].backward()
+    copies = task.__dict__["_est_copies"]
+    task.grad_variance(x, est, 3)
+    task.loss(x, est)[0].backward()
+    assert task.__dict__["_est_copies"] is copies and copies[0].b is not None
+    assert counter.n == 2 * 8  # the first layer's f: the network above it, once per example
 
 
 SMALL = ["train.steps=6",

@@ -68,7 +68,7 @@ import estimators
 import tasks
 from tasks import datasets
 
-from ..counting import CountingEstimator
+from ..counting import attach
 from ..paths import CONF_DIR, REPO_DIR
 from .biasvar_output import figure, markdown
 
@@ -233,8 +233,9 @@ def run_study(settings: dict, log=print) -> list[dict]:
                 continue
             torch.manual_seed(seed)
             est = estimators.get(name)
-            counted = CountingEstimator(est)  # one training-mode call, counted: builds
-            task.loss(x, counted)              # any control variate
+            counter = attach(est)  # one training-mode call, counted: it also builds
+            task.loss(x, est)      # any control variate
+            f_evals = counter.n
             if est.extra_parameters():
                 for _ in range(int(settings.get("warmup", 0))):
                     task.loss(x, est)
@@ -246,8 +247,8 @@ def run_study(settings: dict, log=print) -> list[dict]:
             row["ms_per_estimate"], row["ms_min"] = step_ms(task, x, est,
                                                             int(settings["timing_repeats"]))
             batch = x.shape[0] if x is not None else int(getattr(task, "batch", 1))
-            row["f_evals"] = counted.f_evals
-            row["evals_per_example"] = c = counted.f_evals / batch
+            row["f_evals"] = f_evals
+            row["evals_per_example"] = c = f_evals / batch
             row["var_x_evals"] = row["variance"] * c
             row["rel_std_eq"] = row["rel_std"] * math.sqrt(c)
             rows.append(row)
