@@ -55,7 +55,7 @@ def cost_rows(runs: Runs) -> pd.DataFrame:
         first = df[df["run_id"] == rid].iloc[0]
         rep = cfg.get("report") if isinstance(cfg.get("report"), dict) else {}
         sig[rid] = _row_signature(cfg)
-        label[rid] = f"{first['task']} ({rep.get('experiment') or first['dataset']}, equal cost)"
+        label[rid] = f"{first['task']} ({rep.get('experiment') or first['dataset']}, any length)"
         opts[rid] = {k: v for k, v in (runs.configs[rid].get("estimator") or {}).items()
                      if k != "name"}
     if not sig:
