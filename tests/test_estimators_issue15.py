@@ -427,3 +427,88 @@ def test_fitting_the_control_variates_lowers_the_variance(name, steps, factor):
         task.loss(None, est)
     after = task.grad_variance(None, est, 1000)
     assert after < factor * before
+
+
+# --- the unordered set estimator ------------------------------------------------------------
+
+def set_probability_by_orderings(p, members):
+    """P(sampling |members| times without replacement gives this set), summed over
+    the orderings: the definition, independent of the integral formula."""
+    import itertools
+
+    total = 0.0
+    for order in itertools.permutations(members):
+        prob, left = 1.0, 1.0
+        for s in order:
+            prob *= p[s] / left
+            left -= p[s]
+        total += prob
+    return float(total)
+
+
+def test_set_probabilities_match_their_definition():
+    import estimators.unordered_set as us
+
+    p = torch.tensor([0.4, 0.25, 0.2, 0.1, 0.05], dtype=torch.float64)
+    for members in ([0, 1], [1, 3, 4], [0, 2, 3, 4], [4, 3]):
+        lp = p[members].log()[:, None]  # (k, B=1)
+        log_rest = torch.log1p(-p[members].sum())
+        full, minus1, minus2 = us.set_integrals(lp - log_rest)
+        assert float(full) == pytest.approx(set_probability_by_orderings(p, members), rel=1e-9)
+        for i, s in enumerate(members):
+            rest = [t for t in members if t != s]
+            q = p.clone()
+            q[s] = 0
+            q = q / q.sum()  # the domain without s
+            assert float(minus1[i]) == pytest.approx(set_probability_by_orderings(q, rest),
+                                                     rel=1e-9)
+
+
+def test_beam_search_samples_sets_without_replacement_with_the_right_law():
+    import itertools
+
+    import estimators.unordered_set as us
+
+    torch.manual_seed(26)
+    logits = torch.tensor([[[0.3, -0.2], [1.0, 0.1]]], dtype=torch.float64)  # 4 joint states
+    m = 20000
+    idx = us.beam_sample(torch.log_softmax(logits, -1).expand(m, 2, 2), 2)  # (2, m, 2)
+    code = idx[..., 0] * 2 + idx[..., 1]  # joint state 0..3
+    assert (code[0] != code[1]).all()
+    q = torch.softmax(logits[0], -1)
+    p = [float(q[0, a] * q[1, b]) for a in range(2) for b in range(2)]
+    pairs = list(itertools.combinations(range(4), 2))
+    counts = [int(((code.min(0).values == i) & (code.max(0).values == j)).sum()) for i, j in pairs]
+    want = [m * set_probability_by_orderings(p, [i, j]) for i, j in pairs]
+    assert stats.chisquare(counts, want).pvalue > 1e-3
+
+
+def test_unordered_set_is_exact_when_it_samples_the_whole_domain():
+    logits = logits_for(2, n=2)  # 4 states, k = 4
+    gl, gw = per_copy_gradients(estimators.get("unordered_set", samples=4), logits, W, m=100)
+    el, ew = exact_gradients(logits, W, exact_objective)
+    assert torch.allclose(gl, el.expand_as(gl), atol=1e-8)
+    assert torch.allclose(gw, ew.expand_as(gw), atol=1e-8)
+    # k larger than the domain is capped at it
+    gl6, _ = per_copy_gradients(estimators.get("unordered_set", samples=6), logits, W, m=10)
+    assert torch.allclose(gl6, el.expand_as(gl6), atol=1e-8)
+
+
+def test_unordered_set_baseline_needs_its_own_term(monkeypatch):
+    """b(S, s) must contain p(s) f(s) (R^{D\\s}(S, s) = 1): without it the
+    baseline's mean depends on s and the enumeration z-test catches the bias."""
+    import estimators.unordered_set as us
+
+    real = us.leave_out_ratios
+
+    def without_own_term(log_p):
+        r, r_other = real(log_p)
+        eye = torch.eye(log_p.shape[0], dtype=torch.bool)[..., None]
+        return r, torch.where(eye, torch.zeros_like(r_other), r_other)
+
+    monkeypatch.setattr(us, "leave_out_ratios", without_own_term)
+    torch.manual_seed(27)
+    logits = logits_for(3, n=2)
+    gl, _ = per_copy_gradients(estimators.get("unordered_set", samples=3), logits, W, m=20000)
+    el, _ = exact_gradients(logits, W, exact_objective)
+    assert z_test(gl, el) > 3 * Z_MAX
