@@ -15,8 +15,7 @@ Tensor = torch.Tensor
 
 def substitute(z: Tensor, values: Tensor) -> Tensor:
     """(S, B, N, K), (S, B, N, J, K) -> (S, N, J, B, N, K): z^{i <- values[s, b, i, j]}."""
-    s, b, n, k = z.shape
-    j = values.shape[-2]
+    n = z.shape[-2]
     mask = torch.eye(n, dtype=z.dtype, device=z.device).view(1, n, 1, 1, n, 1)
     v = values.permute(0, 2, 3, 1, 4).unsqueeze(-2)  # (S, N, J, B, 1, K)
     return z[:, None, None] * (1.0 - mask) + v * mask

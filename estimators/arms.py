@@ -1,5 +1,5 @@
 """ARMS (Dimitriev & Zhou 2021, "ARMS: antithetic-REINFORCE-multi-sample gradient
-for binary variables", their eq. 7 with the Dirichlet copula of Section 3):
+for binary variables", the ARMS estimator with the Dirichlet copula):
 n negatively correlated Bernoulli(p) samples per variable from n antithetic
 uniforms, and the leave-one-out REINFORCE estimator divided by 1 - rho, the
 correction for their correlation rho:
@@ -30,7 +30,8 @@ from .base import Estimator, EstimatorOutput, register
 
 def dirichlet_copula(n: int, like: torch.Tensor) -> torch.Tensor:
     """n uniforms per element of ``like``, jointly from the Dirichlet copula:
-    (n, *like.shape), each marginally U(0, 1), summing-to-one structure inside."""
+    (n, *like.shape), each marginally U(0, 1) (d_i ~ Beta(1, n - 1)), negatively
+    dependent across the n."""
     e = exponential_like(like, (n, *like.shape))
     d = e / e.sum(0, keepdim=True)
     return (1.0 - d).pow(n - 1)

@@ -1,5 +1,5 @@
 """Double control variates (Titsias & Shi 2022, "Double control variates for
-gradient estimation in discrete latent variable models", their eq. 13):
+gradient estimation in discrete latent variable models"):
 leave-one-out REINFORCE with S samples, plus a second control variate, the
 first-order Taylor expansion of f with the other samples' slope
 gbar_{-s} = mean_{j != s} f'(z_j), and its exact expectation:

@@ -1,6 +1,6 @@
 """Gapped Straight-Through (Fan, Geng, Xu, Hu & Gu 2022, "Training discrete deep
-generative models via gapped straight-through estimator", the GST estimator of
-their Section 4 with a fixed gap kappa):
+generative models via gapped straight-through estimator", the GST estimator
+with a fixed gap kappa):
 
 forward the one-hot sample D ~ q; backward through the tempered softmax of
 deterministically shifted logits, no resampling of Gumbel noise:
@@ -51,7 +51,8 @@ class GappedST(TemperatureEstimator):
         try:
             self.gap = float(gap)
         except (TypeError, ValueError):
-            raise EstimatorConfigError(f"estimator.gap must be a number >= 0, got {gap!r}") from None
+            raise EstimatorConfigError(
+                f"estimator.gap must be a number >= 0, got {gap!r}") from None
         if not self.gap >= 0 or self.gap == float("inf"):
             raise EstimatorConfigError(f"estimator.gap must be a finite number >= 0, got {gap!r}")
 

@@ -1,6 +1,6 @@
 """IndeCateR (De Smet, Sansone & Zuidberg Dos Martires 2023, "Differentiable
 sampling of categorical distributions using the CatLog-derivative trick",
-the IndeCateR estimator, their eq. 9): for independent variables each one is
+the IndeCateR estimator for independent variables): each variable is
 Rao-Blackwellised by summing f over its K values, the others sampled,
 
     d/dtheta_i E_q f(z) = E_{z_{-i} ~ q} [ sum_k d q_i(k)/dtheta_i  f(z_{-i}, z_i = k) ]

@@ -1,6 +1,6 @@
 """Sum-and-sample Rao-Blackwellisation (Liu, Regier, Tripuraneni, Jordan &
 McAuliffe 2019, "Rao-Blackwellized stochastic gradients for discrete
-distributions", their eq. 4 with the score-function estimator), applied to each
+distributions", sum-and-sample with the score-function estimator), applied to each
 variable i with the others sampled: C_i = the k most probable categories of
 q_i, and
 

@@ -128,7 +128,7 @@ def test_rao_blackwell_is_indecater_when_nothing_is_left_to_sample(k, summed):
         torch.manual_seed(11)
         lg = logits.clone().requires_grad_(True)
         w = W.clone().requires_grad_(True)
-        estimators.get(name, **kw)(lg, lambda z: objective(z, w)).surrogate.backward()
+        estimators.get(name, **kw)(lg, lambda z, w=w: objective(z, w)).surrogate.backward()
         grads.append((lg.grad, w.grad))
     assert torch.allclose(grads[0][0], grads[1][0], atol=1e-12)
     assert torch.allclose(grads[0][1], grads[1][1], atol=1e-12)
