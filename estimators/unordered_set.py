@@ -84,43 +84,44 @@ def beam_sample(log_q: Tensor, k: int) -> Tensor:
     return idx.permute(1, 0, 2)
 
 
-def set_integrals(log_a: Tensor, chunk_elems: int = 1 << 22):
-    """For a_t = exp(log_a) (k, B): I_full (B), I_minus[s] (k, B) and
-    I_minus2[s, s'] (k, k, B) = int_0^inf e^-x prod_{t in S minus the named}
-    (1 - e^{-a_t x}) dx."""
+def set_log_integrals(log_a: Tensor, chunk_elems: int = 1 << 22):
+    """For a_t = exp(log_a) (k, B): the logs of I_full (B), I_minus[s] (k, B) and
+    I_minus2[s, s'] (k, k, B), I = int_0^inf e^-x prod_{t in S minus the named}
+    (1 - e^{-a_t x}) dx, in float64 and in log space (with N = 200 variables the
+    states' probabilities, and so these integrals, are far below float32's range)."""
     k, b = log_a.shape
     v = _V.to(log_a.device)
     x = v.exp()
-    w = torch.exp(-x) * x * (v[1] - v[0])
-    w[0], w[-1] = w[0] / 2, w[-1] / 2
-    w = w.to(log_a.dtype)
+    log_w = -x + v + torch.log(v[1] - v[0])  # e^-x x dv, trapezoid ends halved
+    log_w[0] -= math.log(2.0)
+    log_w[-1] -= math.log(2.0)
     la = log_a.to(torch.float64).T  # (B, k)
     out_full, out_1, out_2 = [], [], []
     step = max(1, chunk_elems // (len(v) * k * k))
     for r in range(0, b, step):
         a = la[r:r + step].exp()  # (R, k), may be inf
         lt = log1mexp(-(a[None] * x[:, None, None]))  # (P, R, k): log(1 - e^{-a x})
-        full = lt.sum(-1)  # (P, R)
+        full = lt.sum(-1) + log_w[:, None]  # (P, R)
         minus1 = full[..., None] - lt  # (P, R, k)
         minus2 = minus1[..., None] - lt[..., None, :]  # (P, R, k, k)
-        out_full.append(torch.einsum("p,pr->r", w.double(), full.exp()))
-        out_1.append(torch.einsum("p,prk->rk", w.double(), minus1.exp()))
-        out_2.append(torch.einsum("p,prkl->rkl", w.double(), minus2.exp()))
-    dt = log_a.dtype
-    return (torch.cat(out_full).to(dt), torch.cat(out_1).T.to(dt),
-            torch.cat(out_2).permute(1, 2, 0).to(dt))
+        out_full.append(torch.logsumexp(full, 0))
+        out_1.append(torch.logsumexp(minus1, 0))
+        out_2.append(torch.logsumexp(minus2, 0))
+    return torch.cat(out_full), torch.cat(out_1).T, torch.cat(out_2).permute(1, 2, 0)
 
 
-def leave_out_ratios(log_p: Tensor):
-    """R(S, s) (k, B) and R^{D\\s}(S, s') (k, k, B; [s, s']) from the states'
-    log-probabilities log_p (k, B)."""
+def leave_out_weights(log_p: Tensor):
+    """p(s) R(S, s) (k, B) and p(s') R^{D\\s}(S, s') (k, k, B; [s, s']) from the
+    states' log-probabilities log_p (k, B), formed in log space."""
     k = log_p.shape[0]
-    log_rest = log1mexp(torch.logsumexp(log_p, 0).clamp(max=0.0))  # log(1 - p(S))
-    full, minus1, minus2 = set_integrals(log_p - log_rest)
-    r = minus1 / full
-    r_other = minus2 / minus1[:, None]
+    lp = log_p.to(torch.float64)
+    log_rest = log1mexp(torch.logsumexp(lp, 0).clamp(max=0.0))  # log(1 - p(S))
+    full, minus1, minus2 = set_log_integrals(lp - log_rest)
+    weight = (lp + minus1 - full).exp()
+    other = (lp[None] + minus2 - minus1[:, None]).exp()
     eye = torch.eye(k, dtype=torch.bool, device=log_p.device)[..., None]
-    return r, torch.where(eye, torch.ones_like(r_other), r_other)
+    other = torch.where(eye, lp.exp()[None].expand_as(other), other)  # R^{D\\s}(S, s) = 1
+    return weight.to(log_p.dtype), other.to(log_p.dtype)
 
 
 @register("unordered_set")
@@ -141,11 +142,9 @@ class UnorderedSet(Estimator):
         fz = f(z)  # (k, B)
         log_p = log_prob_one_hot(logits, z)  # (k, B), with gradient
         lp = log_p.detach()
-        r, r_other = leave_out_ratios(lp)
-        p = lp.exp()
-        weight = p * r  # p(s) R(S, s)
+        weight, other = leave_out_weights(lp)  # p(s) R(S, s); p(s') R^{D\\s}(S, s')
         v = fz.detach()
-        baseline = (p[None] * r_other * v[None]).sum(1)  # b(S, s), (k, B)
+        baseline = (other * v[None]).sum(1)  # b(S, s), (k, B)
         value = (weight * fz).sum(0)  # (B,): unbiased for E f
         score = (weight * (v - baseline) * (log_p - lp)).sum(0)
         return EstimatorOutput(loss=value.detach(), surrogate=(value + score).mean(), sample=z)
