@@ -14,8 +14,11 @@ p p^T per variable: E[h_s d log q(z_s)] = J(p) E f'(z), the straight-through
 term, which the last line adds back (its estimate from all S samples is
 unbiased too). Unbiased for every alpha; for f linear in z and alpha = 1 the
 bracket vanishes and g is exact. The paper treats binary variables; the same
-algebra holds per K-way variable. alpha (initial value ``alpha``) is fitted
-online to minimise the variance (``_online``). Cost: S evaluations of f and
+algebra holds per K-way variable. alpha (initial value ``alpha``, 0 as in the
+authors' code: double_cv starts as ``reinforce_loo``) is fitted online to
+minimise the variance (``_online``). A tangent slope can be a poor model of f
+on the vertices (on the REBAR toy f'(b) = +-1 while f(1) - f(0) = 0.002): there
+alpha = 1 has 10^5 times the variance of alpha = 0. Cost: S evaluations of f and
 one backward through f at the samples.
 """
 
@@ -27,7 +30,7 @@ from .base import register, softmax
 
 @register("double_cv")
 class DoubleCV(OnlineControlVariate):
-    def __init__(self, samples: int = 4, alpha: float = 1.0, cv_lr: float = 1e-3):
+    def __init__(self, samples: int = 4, alpha: float = 0.0, cv_lr: float = 1e-3):
         super().__init__(samples, cv_lr)
         self.alpha0 = float(alpha)
         self.alpha = None
