@@ -29,6 +29,16 @@ KNOWN = [
     ("disarm", {}, 2, 2),
     ("muprop", {}, 4, 2),
     ("gumbel_softmax", {}, 4, 1),
+    # issue 15 (docs/estimators.md): S*N*K; N(k+1)+1; k states; n copula samples; S
+    ("indecater", {"samples": 2}, 4, 2 * N * 4),
+    ("rao_blackwell", {"summed": 1, "samples": 1}, 4, N * 2 + 1),
+    ("unordered_set", {"samples": 3}, 2, 3),
+    ("arms", {"samples": 3}, 2, 3),
+    ("double_cv", {"samples": 3}, 4, 3),
+    ("rodeo", {"samples": 3}, 4, 3),
+    ("gst", {}, 4, 1),
+    ("zgr", {}, 4, 1),
+    ("decoupled_st", {}, 4, 1),
 ]
 
 
