@@ -269,7 +269,10 @@ def plot_vs_cost(df, rows, metric, x, out, name, log=False, budgets=()) -> list[
         for b in budgets:
             ax.axvline(b, color="0.3", ls="--", lw=1)
         if x == "f_evals":
+            from matplotlib.ticker import NullFormatter
+
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # decades only: no overlapping labels
         if log:
             ax.set_yscale("log")
         ax.set_title(row, fontsize=10)
