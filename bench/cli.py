@@ -170,6 +170,7 @@ COMMANDS = {
     "biasvar": (_module_main("studies.biasvar"), "bias/variance study on exact-gradient tasks"),
     "speed": (_module_main("studies.speed"), "training-step throughput against references"),
     "gradvar_cost": (_module_main("studies.gradvar_cost"), "cost of grad_var against a step"),
+    "evalcost": (_module_main("studies.evalcost"), "cost of the final test_nll, before/after"),
     "ssl_speedup": (_module_main("studies.ssl_speedup"),
                     "M2: sampled label against marginalisation, K = 10..100"),
     "ssl_select": (_module_main("studies.ssl_select"), "M2: alpha chosen on validation"),
