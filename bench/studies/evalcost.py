@@ -93,7 +93,8 @@ def compare(task, x, samples: int, seed: int = 1) -> dict:
     """The values of both implementations from the same seed."""
     out = {}
     for what, before, after in (
-            ("test_nll", lambda xb: nll_before(task, xb, samples), lambda xb: task.nll(xb, samples)),
+            ("test_nll", lambda xb: nll_before(task, xb, samples),
+             lambda xb: task.nll(xb, samples)),
             ("neg_elbo", lambda xb: neg_elbo_before(task, xb), task.neg_elbo)):
         torch.manual_seed(seed)
         a = by_batches(before, x, 100).double()
@@ -102,6 +103,14 @@ def compare(task, x, samples: int, seed: int = 1) -> dict:
         out[what] = {"before": a.mean().item(), "after": b.mean().item(),
                      "max_abs_diff": (a - b).abs().max().item()}
     return out
+
+
+def timed(task, x, samples: int) -> dict:
+    """what -> (before, after): the whole test subset through each implementation."""
+    return {"test_nll": (lambda: by_batches(lambda xb: nll_before(task, xb, samples), x, 100),
+                         lambda: by_batches(lambda xb: task.nll(xb, samples), x, 100)),
+            "neg_elbo": (lambda: by_batches(lambda xb: neg_elbo_before(task, xb), x, 100),
+                         lambda: by_batches(task.neg_elbo, x, 100))}
 
 
 def main(argv=None) -> int:
@@ -135,10 +144,7 @@ def main(argv=None) -> int:
              f"{'full before':>12} {'full after':>11}  value before / after (max |diff| per image)"]
     for name in a.tasks:
         task = build(name, data)
-        fns = {"test_nll": (lambda: by_batches(lambda xb: nll_before(task, xb, a.samples), x, 100),
-                            lambda: by_batches(lambda xb: task.nll(xb, a.samples), x, 100)),
-               "neg_elbo": (lambda: by_batches(lambda xb: neg_elbo_before(task, xb), x, 100),
-                            lambda: by_batches(task.neg_elbo, x, 100))}
+        fns = timed(task, x, a.samples)
         vals = compare(task, x, a.samples)
         for what, (before, after) in fns.items():
             tb, ta = [], []
