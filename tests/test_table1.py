@@ -123,3 +123,15 @@ def test_table1_uses_a_selection_csv(tmp_path, store):
 def test_table1_without_a_store_is_one_line(tmp_path, capsys):
     assert table1.main([str(tmp_path / "nothing")]) == 2
     assert "no results store" in capsys.readouterr().err
+
+
+def test_final_commands_at_the_chosen_settings(store, capsys):
+    assert table1.main([str(store), "--final-commands", "--final_steps", str(FINAL)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    sf = next(ln for ln in lines
+              if "jang_protocol_estimator=reinforce " in ln and "task=sbn " in ln)
+    assert "train.lr=0.0001" in sf and "seed=0,1,2" in sf and f"train.steps={FINAL}" in sf
+    gs = next(ln for ln in lines if "task=categorical_vae" in ln and "gumbel_softmax" in ln)
+    assert "+experiment/jang_protocol_estimator=gumbel_softmax_r1e-4_n1000 " in gs
+    assert "train.lr=0.0003" in gs
+    assert any(ln.startswith("# sbn MuProp: no setting chosen") for ln in lines)

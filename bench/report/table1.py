@@ -287,6 +287,40 @@ def build(store, out, select=None, cost=None, final_steps=50_000, seeds=3,
     return page
 
 
+def _sci(v: float) -> str:
+    m, e = f"{v:e}".split("e")
+    return f"{float(m):g}e{int(e)}"
+
+
+def protocol_file(task: str, est: str, chosen: dict) -> str:
+    """The conf/experiment/jang_protocol_estimator/ file of a cell's chosen setting."""
+    if est in ("annealed_st", "gumbel_softmax", "st_gumbel_softmax"):
+        if task.startswith("sbn"):
+            return f"{est}_tau1"
+        return f"{est}_r{_sci(chosen['anneal_rate'])}_n{int(chosen['anneal_every'])}"
+    return est
+
+
+def final_commands(chosen_all: dict, final_steps: int, seeds: int, store) -> list[str]:
+    """One resumable `python -m bench run` grid per cell at its chosen setting."""
+    out = []
+    for task, _, _, _ in ROWS:
+        for est, col in COLUMNS:
+            chosen = chosen_all.get((task, est))
+            if not chosen or "lr" not in chosen:
+                out.append(f"# {task} {col}: no setting chosen yet (run its selection grid)")
+                continue
+            exp = "jang_sbn_protocol" if task.startswith("sbn") else "jang_vae_protocol"
+            out.append(
+                f"nice -n 10 python -m bench run -m +experiment={exp} "
+                f"+experiment/jang_protocol_estimator={protocol_file(task, est, chosen)} "
+                f"task={task} train.lr={chosen['lr']:g} train.steps={final_steps} "
+                f"seed={','.join(str(s) for s in range(seeds))} train.save_model=false "
+                f"launcher=joblib hydra.launcher.n_jobs=2 results_dir={store} "
+                f"data_dir=../shared/data")
+    return out
+
+
 def plot_row(curves, runs, task, final_steps, out: Path) -> str | None:
     ids = runs[(runs["task"] == task) & (runs["steps"] == final_steps)]
     if ids.empty:
@@ -324,11 +358,21 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--final_steps", type=int, default=50_000)
     ap.add_argument("--seeds", type=int, default=3, help="seeds planned per cell")
     ap.add_argument("--no-figures", action="store_true")
+    ap.add_argument("--final-commands", action="store_true",
+                    help="print the final runs' commands at the chosen settings, write nothing")
     a = ap.parse_args(argv)
     store = Path(a.store)
     if not (store / "runs").is_dir():
         print(f"error: no results store at {store} (expected {store / 'runs'})", file=sys.stderr)
         return 2
+    if a.final_commands:
+        runs = run_table(store)
+        df = load(store, all_runs=True)
+        finals = df[df["step"] == df.groupby("run_id")["step"].transform("max")]
+        chosen = read_select(Path(a.select)) if a.select else select_here(runs, finals,
+                                                                           a.final_steps)
+        print("\n".join(final_commands(chosen, a.final_steps, a.seeds, store)))
+        return 0
     out = Path(a.out) if a.out else store.parent
     cost = a.cost or (out / "cost.csv")
     try:
