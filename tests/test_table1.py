@@ -135,3 +135,16 @@ def test_final_commands_at_the_chosen_settings(store, capsys):
     assert "+experiment/jang_protocol_estimator=gumbel_softmax_r1e-4_n1000 " in gs
     assert "train.lr=0.0003" in gs
     assert any(ln.startswith("# sbn MuProp: no setting chosen") for ln in lines)
+
+
+def test_selection_from_a_store_of_its_own(tmp_path):
+    sel, fin = tmp_path / "selection", tmp_path / "final"
+    for lr, valid in ((1e-3, 60.0), (1e-4, 65.0)):
+        plant(sel, "sbn", "straight_through", 0, 200, lr, valid, valid)
+        plant(fin, "sbn", "straight_through", 0, FINAL, lr, valid, valid, nll=valid)
+    out = tmp_path / "out"
+    assert table1.main([str(fin), "--out", str(out), "--final_steps", str(FINAL),
+                        "--no-figures"]) == 0  # finds 'selection' beside 'final'
+    t = pd.read_csv(out / "table1.csv").set_index(["row", "column"])
+    assert t.loc[("sbn", "ST"), "mean"] == pytest.approx(60.0)
+    assert "selection runs of " in (out / "REPORT.md").read_text()
