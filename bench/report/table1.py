@@ -329,7 +329,7 @@ def final_commands(chosen_all: dict, final_steps: int, seeds: int, store) -> lis
                 f"nice -n 10 python -m bench run -m +experiment={exp} "
                 f"+experiment/jang_protocol_estimator={protocol_file(task, est, chosen)} "
                 f"task={task} train.lr={chosen['lr']:g} train.steps={final_steps} "
-                f"seed={','.join(str(s) for s in range(seeds))} train.save_model=false "
+                f"seed={','.join(str(s) for s in range(seeds))} "
                 f"launcher=joblib hydra.launcher.n_jobs=2 results_dir={store} "
                 f"data_dir=../shared/data")
     return out
@@ -379,12 +379,12 @@ def main(argv: list[str]) -> int:
                     help="print the final runs' commands at the chosen settings, write nothing")
     a = ap.parse_args(argv)
     store = Path(a.store)
-    if not (store / "runs").is_dir():
-        print(f"error: no results store at {store} (expected {store / 'runs'})", file=sys.stderr)
-        return 2
     selection = a.selection
     if selection is None and (store.parent / "selection" / "runs").is_dir():
         selection = store.parent / "selection"
+    if not (store / "runs").is_dir() and not (a.final_commands and (selection or a.select)):
+        print(f"error: no results store at {store} (expected {store / 'runs'})", file=sys.stderr)
+        return 2
     if a.final_commands:
         chosen = chosen_settings(store, a.select, selection, a.final_steps)
         print("\n".join(final_commands(chosen, a.final_steps, a.seeds, store)))
