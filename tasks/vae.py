@@ -122,11 +122,15 @@ class VAE(nn.Module):
     # recon(x, sample_one_hot(...)) up to float rounding (tests/test_evalcost.py), at
     # a fraction of the cost (python -m bench evalcost).
     @torch.no_grad()
+    def recon_sampled(self, x, logits):
+        """-log p(x | z) at one z ~ q(z | x) (the draw sample_one_hot makes): (B,)."""
+        idx = _hard.gumbel_argmax(logits)
+        return _hard.bernoulli_nll(_hard.first_layer(self.decoder, self.n, self.k)(idx), x)
+
+    @torch.no_grad()
     def neg_elbo(self, x):
         logits = self.logits(x)
-        idx = _hard.gumbel_argmax(logits)
-        out = _hard.first_layer(self.decoder, self.n, self.k)(idx)
-        return _hard.bernoulli_nll(out, x) + categorical_kl(logits, self.prior_logits)
+        return self.recon_sampled(x, logits) + categorical_kl(logits, self.prior_logits)
 
     @torch.no_grad()
     def nll(self, x, samples: int, max_floats: float = 1.5e6):
