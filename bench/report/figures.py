@@ -4,7 +4,6 @@ variance, step time per estimator."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pandas as pd
 
@@ -39,14 +38,26 @@ def _markers(cells):
     return {c: _MARKERS[i % len(_MARKERS)] for i, c in enumerate(column_order(cells))}
 
 
-def save(fig, out: Path, name: str) -> list[str]:
-    out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / f"{name}.png", dpi=130, bbox_inches="tight")
-    fig.savefig(out / f"{name}.pdf", bbox_inches="tight")
+# the file formats every figure is saved in (`python -m bench report --format`)
+FORMATS = ("png", "pdf")
+ALLOWED_FORMATS = ("png", "pdf", "svg")
+
+
+def save(fig, out, name: str, formats=None) -> list[str]:
+    """Save ``fig`` as ``name.<fmt>`` for each format (default FORMATS) into ``out`` (a
+    folder or a bench.report.output.Output); returns the file names, PNG first."""
     import matplotlib.pyplot as plt
 
+    from .output import as_output
+
+    out = as_output(out)
+    files = []
+    for fmt in formats or FORMATS:
+        kw = {"dpi": 150} if fmt == "png" else {}
+        out.save_figure(fig, f"{name}.{fmt}", bbox_inches="tight", **kw)
+        files.append(f"{name}.{fmt}")
     plt.close(fig)
-    return [f"{name}.png", f"{name}.pdf"]
+    return files
 
 
 def curve_data(df: pd.DataFrame, metric: str, x: str = "step", log: bool = False) -> pd.DataFrame:
