@@ -17,7 +17,7 @@ EXAMPLES = """examples (`bench ...` is the same as `python -m bench ...`):
   python -m bench run dataset=binarized_mnist data_dir=PATH train.steps=1500
 """
 
-GROUPS = ("estimator", "task", "dataset", "experiment", "launcher", "hydra/launcher")
+GROUPS = ("estimator", "task", "dataset", "experiment", "launcher", "logger", "hydra/launcher")
 HYDRA_FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir",
                           "-cd", "--package", "-p", "--experimental-rerun", "--info", "-i",
                           "--cfg", "-c", "--shell-completion", "-sc"}
@@ -159,6 +159,10 @@ def cmd_run(args: list[str]) -> int:
         print("interrupted: every row written so far is kept; run the same command again "
               "to resume (completed configs are skipped)", file=sys.stderr)
         return 130
+    if not info_only and len(configs) > 1:
+        from .progress import grid_summary
+
+        print(grid_summary(configs), file=sys.stderr)
     return 0
 
 

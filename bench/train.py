@@ -19,6 +19,7 @@ from .config import (
     config_hash,
     validate,
 )
+from .loggers import make as make_tracker
 from .loop import StepClock, Trainer, evaluation_metrics, git_sha
 from .results import Store
 
@@ -57,6 +58,7 @@ def run(cfg: dict) -> str | dict:
             "device": str(device), "git_sha": git_sha(), "config": cfg,
             "torch": torch.__version__, "threads": torch.get_num_threads()}
     rec = store.start(h, meta)
+    tracker = make_tracker(cfg, rec.run_id, label)  # logger=...: a mirror of the rows
     log.info(f"[{label}] run {rec.run_id} -> {rec.dir}")
 
     tr, ev = cfg["train"], cfg["eval"]
@@ -65,7 +67,9 @@ def run(cfg: dict) -> str | dict:
     every = int(ev["every"])
     grad_m = int(ev.get("grad_samples", 0))
     x_fixed = data.eval_split("train")[:bs]  # the fixed minibatch for grad_var
-    clock = StepClock(device, steps, float(cfg.get("progress", {}).get("every_s", 10)))
+    clock = StepClock(device, steps, float(cfg.get("progress", {}).get("every_s", 10)),
+                      eval_cfg=ev)
+    clock.watch(task)
     obj_sum = torch.zeros((), device=device)
     obj_count = 0
 
@@ -81,12 +85,13 @@ def run(cfg: dict) -> str | dict:
         if final:
             metrics["wall_s"] = wall
         rec.write(step, metrics, wall)
+        tracker.log(step, metrics)
         shown = " ".join(f"{k}={metrics[k]:.3f}" for k in ("test_neg_elbo", "test_nll")
                          if k in metrics)
         log.info(f"[{label}] step {step}/{steps} {shown}")
 
     if ev.get("at_start", True):
-        evaluate(0)
+        clock.evaluation(0, evaluate, label)
     task.train()
     clock.start()
 
@@ -94,6 +99,8 @@ def run(cfg: dict) -> str | dict:
         log.warning(f"[{label}] diverged: non-finite objective or gradient at step {step}")
         rec.write(step, {"diverged": step}, clock.wall())
         rec.finish("diverged", step=step)
+        tracker.close("diverged")
+        clock.close()
         return "diverged"
 
     for step in range(1, steps + 1):
@@ -113,5 +120,7 @@ def run(cfg: dict) -> str | dict:
     if tr.get("save_model", True) and isinstance(task, torch.nn.Module):
         rec.save_model(task.state_dict())
     rec.finish("complete", wall_s=clock.wall())
+    tracker.close("complete")
+    clock.close()
     log.info(f"[{label}] complete in {clock.wall():.1f}s")
     return "complete"
