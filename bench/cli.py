@@ -160,7 +160,7 @@ def cmd_run(args: list[str]) -> int:
               "to resume (completed configs are skipped)", file=sys.stderr)
         return 130
     if not info_only and len(configs) > 1:
-        from .progress import grid_summary
+        from .summary import grid_summary
 
         print(grid_summary(configs), file=sys.stderr)
     return 0
