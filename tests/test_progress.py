@@ -108,3 +108,28 @@ def test_vae_test_elbo_parts_add_up_and_the_kl_is_exact():
         kl += lq.exp() * (lq - lp)
     assert m["kl"] == pytest.approx(kl.mean().item(), rel=1e-10)
     assert m["recon"] > 0
+
+
+def test_m2_test_elbo_parts_add_up_to_the_bound():
+    torch.manual_seed(0)
+    from tasks.datasets import Data
+
+    x = torch.bernoulli(torch.full((30, 6), 0.4))
+    y = torch.arange(30) % 3
+    data = Data(name="toy", splits={"train": x, "valid": x[:5], "test": x[5:]},
+                labels={"train": y, "valid": y[:5], "test": y[5:]}, dynamic=False,
+                num_classes=3)
+    m2 = tasks.build({"name": "semisupervised", "latent_dim": 2, "classifier_hidden": [8],
+                      "encoder_hidden": [8], "decoder_hidden": [8], "labels_per_class": 2,
+                      "label_seed": 0}, data)
+    x = x[:5]
+    torch.manual_seed(1)
+    total = m2.neg_elbo(x)
+    torch.manual_seed(1)
+    parts = m2.neg_elbo_parts(x)
+    assert parts.shape == (5, 2)
+    assert parts.sum(-1) == pytest.approx(total, rel=1e-5)
+    assert (parts[:, 1] >= 0).all()  # both KL terms are KLs
+    torch.manual_seed(2)
+    m = m2.evaluate(data, {"batch_size": 10})
+    assert m["recon"] + m["kl"] == pytest.approx(m["test_neg_elbo"], rel=1e-12)
