@@ -31,6 +31,13 @@ def use_bar(stream=None) -> bool:
         return False
 
 
+def _terminal_columns() -> int:
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return 0
+
+
 class Progress:
     """Where one run is: training steps, evaluations (and inside them), the ETA."""
 
@@ -165,10 +172,11 @@ class Progress:
             from tqdm import tqdm
             from tqdm.contrib.logging import logging_redirect_tqdm
 
-            self._redirect = logging_redirect_tqdm(loggers=[logging.root, log])
+            self._redirect = logging_redirect_tqdm(loggers=[logging.root])
             self._redirect.__enter__()  # log lines print above the bar
-            self.bar = tqdm(total=self.steps, desc=self.label, unit="step", dynamic_ncols=True,
-                            mininterval=0.5, file=sys.stderr,
+            sized = _terminal_columns() > 0  # a terminal that reports no width gets 100
+            self.bar = tqdm(total=self.steps, desc=self.label, unit="step", dynamic_ncols=sized,
+                            ncols=None if sized else 100, mininterval=0.5, file=sys.stderr,
                             bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
                                        "[{elapsed}, {postfix}]")
         if self.bar.n != self.step:

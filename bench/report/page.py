@@ -227,7 +227,10 @@ def _build(results, out: Output, data_dir, samples: bool, figures: bool) -> Path
            "(for `sbn`: −log (1/m Σ p(x_l | h_i)), h_i from the network). Jang et al.'s SBN "
            "numbers (m = 1000) and Maddison et al.'s test NLL (m = 1000) compare against it.",
            "- A reduced run's m (above) is far below the papers' 1000, which leaves its bound "
-           "looser.", ""]
+           "looser.",
+           "- `recon`, `kl` (VAE and M2 runs): the test −ELBO's two parts, −log p(x | z) and "
+           "KL(q(z | x) ‖ p(z)), from the same draws; a `kl` near 0 means the latents carry "
+           "nothing (the decoder has learnt the mean image). The SBN bound has no KL term.", ""]
     exps = ({e.removesuffix("_quick") for e in df["experiment"].unique() if e}
             | {e for e in df["setting"].unique() if e})
     full = [FULL_COMMANDS[e] for e in sorted(exps) if e in FULL_COMMANDS]
