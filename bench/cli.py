@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-EXAMPLES = """examples:
+EXAMPLES = """examples (`bench ...` is the same as `python -m bench ...`):
   python -m bench run estimator=gumbel_softmax task=categorical_vae
   python -m bench run -m estimator=reinforce,gumbel_softmax task=bernoulli_vae seed=0,1,2
   python -m bench run seeds=[0,1,2,3] estimator=gumbel_softmax   # 4 seeds trained together
@@ -17,10 +17,10 @@ EXAMPLES = """examples:
   python -m bench run dataset=binarized_mnist data_dir=PATH train.steps=1500
 """
 
-GROUPS = ("estimator", "task", "dataset", "experiment", "launcher", "hydra/launcher")
+GROUPS = ("estimator", "task", "dataset", "experiment", "launcher", "logger", "hydra/launcher")
 HYDRA_FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir",
                           "-cd", "--package", "-p", "--experimental-rerun", "--info", "-i",
-                          "--cfg", "-c"}
+                          "--cfg", "-c", "--shell-completion", "-sc"}
 
 
 def _split_args(args: list[str]) -> tuple[list[str], list[str], bool]:
@@ -80,12 +80,15 @@ def job_configs(overrides: list[str], multirun: bool) -> list[dict]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
+    from . import keys
     from .paths import CONF_DIR
 
     parser = OverridesParser.create()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         plain = [s for s, o in zip(overrides, parser.parse_overrides(overrides))
                  if not o.is_sweep_override()]
+        keys.check(plain, OmegaConf.to_container(compose(
+            "config", overrides=keys.group_overrides(plain, CONF_DIR))), CONF_DIR)
         base = compose("config", overrides=plain, return_hydra_config=True)
         # an experiment may set hydra.mode: MULTIRUN, making -m implicit
         multirun = multirun or str(OmegaConf.select(base, "hydra.mode")) == "RunMode.MULTIRUN"
@@ -97,8 +100,12 @@ def job_configs(overrides: list[str], multirun: bool) -> list[dict]:
             args = [f"{k}={v}" for k, v in params.items()] + overrides
             batches = BasicSweeper.split_arguments(parser.parse_overrides(args), None)
             jobs = [job for batch in batches for job in batch]
-        out = []
+        out, schemas = [], {}
         for job in jobs:
+            groups = tuple(keys.group_overrides(list(job), CONF_DIR))
+            if groups not in schemas:  # the config of the same groups, without the values
+                schemas[groups] = OmegaConf.to_container(compose("config", overrides=list(groups)))
+            keys.check(list(job), schemas[groups], CONF_DIR)
             cfg = compose("config", overrides=list(job))
             out.append(OmegaConf.to_container(cfg, resolve=True))
         return out
@@ -114,8 +121,7 @@ def _one_line(e: Exception) -> str:
                 f"hydra-{name.split('_')[0]}-launcher")
     if lines[0].startswith("Could not override") and "'" in lines[0]:
         key = lines[0].split("'")[1]
-        return (f"unknown config key {key} (no such option; check the spelling, "
-                f"or add a new key with +{key}=...)")
+        return f"unknown config key {key} (no such option; check the spelling)"
     return " ".join(lines[:2]) if len(lines) > 1 and len(lines[0]) < 40 else lines[0]
 
 
@@ -124,8 +130,8 @@ def cmd_run(args: list[str]) -> int:
     from .jobs import validate
 
     flags, overrides, multirun = _split_args(args)
-    info_only = any(f in ("--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help")
-                    for f in flags)
+    info_only = any(f in ("--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help",
+                          "--shell-completion", "-sc") for f in flags)
     if not info_only:
         try:
             _check_group_choices(overrides)
@@ -144,13 +150,36 @@ def cmd_run(args: list[str]) -> int:
     from . import app
 
     sys.argv = ["bench run", *flags, *overrides]
+    if any(f in ("--shell-completion", "-sc") for f in flags):
+        _completion_env()
+        sys.argv[0] = "bench"  # the console command the completion script registers
     try:
         app.main()
     except KeyboardInterrupt:
         print("interrupted: every row written so far is kept; run the same command again "
               "to resume (completed configs are skipped)", file=sys.stderr)
         return 130
+    if not info_only and len(configs) > 1:
+        from .summary import grid_summary
+
+        print(grid_summary(configs), file=sys.stderr)
     return 0
+
+
+def _completion_env() -> None:
+    """Hydra's shell completion sees the whole line (``bench run estimator=re``): drop
+    the ``run`` subcommand from COMP_LINE (and COMP_POINT) so Hydra reads overrides."""
+    import os
+    import re
+
+    line = os.environ.get("COMP_LINE")
+    if line is None:
+        return
+    m = re.match(r"^(\s*\S+)(\s+run)(\s|$)", line)
+    if m:
+        os.environ["COMP_LINE"] = line[:m.end(1)] + line[m.end(2):]
+        point = int(os.environ.get("COMP_POINT", len(line)))
+        os.environ["COMP_POINT"] = str(max(m.end(1), point - len(m.group(2))))
 
 
 def _module_main(module: str):
@@ -180,16 +209,24 @@ COMMANDS = {
 
 
 def usage() -> str:
-    lines = ["usage: python -m bench COMMAND [ARGS...]   (COMMAND --help for its options)", "",
+    lines = ["usage: bench COMMAND [ARGS...]   (or python -m bench COMMAND; COMMAND --help "
+             "for its options)", "",
              "commands:"]
     lines += [f"  {name:13} {doc}" for name, (_, doc) in COMMANDS.items()]
     return "\n".join(lines) + "\n\n" + EXAMPLES
+
+
+def entry() -> None:
+    """The ``bench`` console command (pyproject's [project.scripts])."""
+    sys.exit(main(sys.argv[1:]))
 
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0 if argv else 2
+    if argv[0] in ("-sc", "--shell-completion"):  # completion queries: `bench -sc query=bash`
+        return cmd_run(argv)
     cmd, rest = argv[0], argv[1:]
     if cmd in COMMANDS:
         return COMMANDS[cmd][0](rest)

@@ -4,12 +4,13 @@ validated as such before anything trains."""
 
 from __future__ import annotations
 
-from . import config, stacked, train
+from . import config, loggers, stacked, train
 
 
 def validate(cfg: dict) -> None:
     """Raise a one-line ConfigError for anything wrong with the job."""
     task = config.validate(cfg)
+    loggers.check(cfg)
     if cfg.get("seeds") is not None:
         stacked.check_stackable(cfg, task)
 

@@ -16,6 +16,7 @@ import torch
 
 from .counting import attach
 from .optim import make_optimizer
+from .progress import Progress
 
 log = logging.getLogger("bench")
 
@@ -40,20 +41,18 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def _fmt_eta(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
 class StepClock:
     """Times the training steps and prints progress lines, for one run or a stack.
 
     On CPU every step is timed; on a GPU the host waits only at the NaN checks and
     evaluations, and each window between them gives one per-step time. Time spent
-    in evaluations is not counted as training time."""
+    in evaluations is not counted as training time. Progress (a bar on a terminal,
+    log lines otherwise, an ETA with the evaluations in it) is bench.progress's."""
 
-    def __init__(self, device, steps: int, every_s: float, unit: str = "steps/s"):
+    def __init__(self, device, steps: int, every_s: float, unit: str = "steps/s",
+                 eval_cfg=None):
         self.device, self.steps, self.every_s, self.unit = device, steps, every_s, unit
+        self.progress = Progress(steps, every_s, unit, eval_cfg)
         self.sync_each = device.type != "cuda"
         self.t_start = time.perf_counter()
         self.times: list[float] = []  # one per-step time per window
@@ -86,15 +85,26 @@ class StepClock:
         t1 = time.perf_counter()
         self.times.append((t1 - self.window_t0) / self.window_n)
         self.train_time += t1 - self.window_t0
+        self.progress.trained(step, self.train_time, label)
         if is_eval:
-            evaluate(step)
+            self.evaluation(step, evaluate, label)
             t1 = self.last_print = time.perf_counter()
-        elif t1 - self.last_print >= self.every_s:
-            rate = step / self.train_time
-            log.info(f"[{label}] step {step}/{self.steps} ({100 * step / self.steps:.0f}%) "
-                     f"{rate:.1f} {self.unit} ETA {_fmt_eta((self.steps - step) / rate)}")
-            self.last_print = t1
         self.window_t0, self.window_n = t1, 0
+
+    def evaluation(self, step: int, evaluate, label: str) -> None:
+        """Run ``evaluate(step)``, timed for the ETA and shown as in progress."""
+        self.progress.eval_start(step, label)
+        try:
+            evaluate(step)
+        finally:
+            self.progress.eval_end(step)
+
+    def watch(self, task) -> None:
+        """Let ``task`` report progress inside its evaluations (tasks.base.report_progress)."""
+        task.eval_progress = self.progress.eval_tick
+
+    def close(self) -> None:
+        self.progress.close()
 
 
 class Trainer:

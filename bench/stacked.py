@@ -40,6 +40,7 @@ from .config import (
     validate,
 )
 from .counting import attach, cost_metrics
+from .loggers import make as make_tracker
 from .loop import StepClock, evaluation_metrics, git_sha
 from .optim import make_optimizer
 from .results import Store
@@ -302,7 +303,8 @@ def run(cfg: dict) -> dict:
         rec = store.start(h, meta)
         label = f"{name}|seed={s}"
         log.info(f"[{label}] run {rec.run_id} -> {rec.dir} (stacked with seeds {stacked})")
-        active.append({"seed": s, "rec": rec, "task": task, "label": label})
+        active.append({"seed": s, "rec": rec, "task": task, "label": label,
+                       "tracker": make_tracker(scfg, rec.run_id, label)})
 
     tr, ev = cfg["train"], cfg["eval"]
     steps, bs = int(tr["steps"]), trainer.batch_size
@@ -314,7 +316,7 @@ def run(cfg: dict) -> dict:
     grad_m = int(ev.get("grad_samples", 0))
     x_fixed = data.eval_split("train")[:bs]
     clock = StepClock(device, steps, float(cfg.get("progress", {}).get("every_s", 10)),
-                      unit="stacked steps/s")
+                      unit="stacked steps/s", eval_cfg=ev)
     obj_sum = torch.zeros(len(active), device=device)
     obj_count = 0
 
@@ -332,13 +334,14 @@ def run(cfg: dict) -> dict:
             if final:
                 metrics["wall_s"] = wall
             a["rec"].write(step, metrics, wall)
+            a["tracker"].log(step, metrics)
             shown = " ".join(f"{k}={metrics[k]:.3f}" for k in ("test_neg_elbo", "test_nll")
                              if k in metrics)
             log.info(f"[{a['label']}] step {step}/{steps} {shown}")
         obj_sum, obj_count = torch.zeros(len(active), device=device), 0
 
     if ev.get("at_start", True):
-        evaluate(0)
+        clock.evaluation(0, evaluate, name)
     clock.start()
     for step in range(1, steps + 1):
         obj_sum += trainer.step(step - 1)
@@ -354,10 +357,12 @@ def run(cfg: dict) -> dict:
                                     f"gradient at step {step}")
                         a["rec"].write(step, {"diverged": step}, wall)
                         a["rec"].finish("diverged", step=step)
+                        a["tracker"].close("diverged")
                         statuses[a["seed"]] = "diverged"
                 rows = [i for i, ok in enumerate(finite) if ok]
                 active[:] = [active[i] for i in rows]
                 if not active:
+                    clock.close()
                     return statuses
                 trainer.keep(rows)
                 obj_sum = obj_sum[rows]
@@ -365,11 +370,13 @@ def run(cfg: dict) -> dict:
         clock.after_step(step, check, is_eval, lambda t: evaluate(t, final=t == steps),
                          f"{name}|seeds={[a['seed'] for a in active]}")
     wall = clock.wall()
+    clock.close()
     for i, a in enumerate(active):
         if tr.get("save_model", True) and isinstance(a["task"], torch.nn.Module):
             trainer.load_into(i, a["task"])
             a["rec"].save_model(a["task"].state_dict())
         a["rec"].finish("complete", wall_s=wall)
+        a["tracker"].close("complete")
         statuses[a["seed"]] = "complete"
         log.info(f"[{a['label']}] complete in {wall:.1f}s (stacked)")
     return statuses

@@ -21,6 +21,7 @@ from .config import (
     validate,
 )
 from .counting import cost_metrics
+from .loggers import make as make_tracker
 from .loop import StepClock, Trainer, evaluation_metrics, git_sha
 from .results import Run, Store
 
@@ -67,6 +68,7 @@ def run(cfg: dict) -> str | dict:
     else:
         rec = store.start(h, meta)
         log.info(f"[{label}] run {rec.run_id} -> {rec.dir}")
+    tracker = make_tracker(cfg, rec.run_id, label)  # logger=...: a mirror of the rows
 
     tr, ev = cfg["train"], cfg["eval"]
     steps, bs = int(tr["steps"]), trainer.batch_size
@@ -74,7 +76,9 @@ def run(cfg: dict) -> str | dict:
     every = int(ev["every"])
     grad_m = int(ev.get("grad_samples", 0))
     x_fixed = data.eval_split("train")[:bs]  # the fixed minibatch for grad_var
-    clock = StepClock(device, steps, float(cfg.get("progress", {}).get("every_s", 10)))
+    clock = StepClock(device, steps, float(cfg.get("progress", {}).get("every_s", 10)),
+                      eval_cfg=ev)
+    clock.watch(task)
     obj_sum = torch.zeros((), device=device)
     obj_count = 0
     start, recorded = 0, set()
@@ -99,12 +103,13 @@ def run(cfg: dict) -> str | dict:
         if final:
             metrics["wall_s"] = wall
         rec.write(step, metrics, wall)
+        tracker.log(step, metrics)
         shown = " ".join(f"{k}={metrics[k]:.3f}" for k in ("test_neg_elbo", "test_nll")
                          if k in metrics)
         log.info(f"[{label}] step {step}/{steps} {shown}")
 
     if ev.get("at_start", True) and start == 0:
-        evaluate(0)
+        clock.evaluation(0, evaluate, label)
     task.train()
     clock.start()
 
@@ -114,6 +119,8 @@ def run(cfg: dict) -> str | dict:
             rec.write(step, {"diverged": step}, clock.wall())
         rec.finish("diverged", step=step)
         checkpoint.remove(rec.dir)
+        tracker.close("diverged")
+        clock.close()
         return "diverged"
 
     with checkpoint.SigtermFlag(active=ckpt_every > 0) as sigterm:
@@ -142,5 +149,7 @@ def run(cfg: dict) -> str | dict:
         rec.save_model(task.state_dict())
     rec.finish("complete", wall_s=clock.wall())
     checkpoint.remove(rec.dir)
+    tracker.close("complete")
+    clock.close()
     log.info(f"[{label}] complete in {clock.wall():.1f}s")
     return "complete"

@@ -16,6 +16,15 @@ from __future__ import annotations
 _REGISTRY: dict[str, type] = {}
 
 
+def report_progress(task, done: int, total: int, what: str) -> None:
+    """Tell the runner how far a pass of an evaluation has got (``done`` of ``total``
+    examples of the metric ``what``); the runner sets ``task.eval_progress``
+    (bench.progress), and without it this does nothing."""
+    fn = getattr(task, "eval_progress", None)
+    if fn is not None:
+        fn(done, total, what)
+
+
 class TaskConfigError(ValueError):
     """A bad task name or setting; its message is one line naming the key."""
 

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from estimators.base import sample_one_hot
 
 from . import _hard
-from .base import TaskConfigError, register
+from .base import TaskConfigError, register, report_progress
 from .vae import mlp
 
 _ACTIVATIONS = ("relu", "tanh", "elu")
@@ -260,11 +260,15 @@ class SBN(nn.Module):
         lower = torch.sigmoid(self.out(self.features(h)))
         return torch.cat([x_upper.expand(samples, *x_upper.shape), lower], -1)
 
-    def _batched_mean(self, fn, x, batch_size):
-        total = 0.0
-        for i in range(0, x.shape[0], batch_size):
+    def _batched_mean(self, fn, x, batch_size, what: str | None = None):
+        total, n = 0.0, x.shape[0]
+        for i in range(0, n, batch_size):
+            if what:
+                report_progress(self, i, n, what)
             total += fn(x[i:i + batch_size]).double().sum().item()
-        return total / x.shape[0]
+        if what:
+            report_progress(self, n, n, what)
+        return total / n
 
     def evaluate(self, data, eval_cfg, final: bool = False) -> dict[str, float]:
         bs = int(eval_cfg.get("batch_size", 1000))
@@ -274,12 +278,14 @@ class SBN(nn.Module):
         out = {
             "train_neg_elbo": self._batched_mean(self.neg_elbo, train, bs),
             "valid_neg_elbo": self._batched_mean(self.neg_elbo, data.eval_split("valid"), bs),
-            "test_neg_elbo": self._batched_mean(self.neg_elbo, data.eval_split("test"), bs),
+            "test_neg_elbo": self._batched_mean(self.neg_elbo, data.eval_split("test"), bs,
+                                                "test_neg_elbo"),
         }
         s = int(eval_cfg.get("nll_samples", 0))
         if s > 0 and (final or eval_cfg.get("nll_every_eval", False)):
             out["test_nll"] = self._batched_mean(
-                lambda xb: self.nll(xb, s), data.eval_split("test"), max(1, bs // 10))
+                lambda xb: self.nll(xb, s), data.eval_split("test"), max(1, bs // 10),
+                "test_nll")
         self.train(was)
         return out
 

@@ -196,7 +196,8 @@ class SemiSupervised(nn.Module):
         """Logits of q(y|x) in the estimator's layout, (B, 1, K)."""
         return self.classifier(x).unsqueeze(1)
 
-    def neg_elbo_given_y(self, x: Tensor, y: Tensor, eps: Tensor | None = None) -> Tensor:
+    def neg_elbo_given_y(self, x: Tensor, y: Tensor, eps: Tensor | None = None,
+                         parts: bool = False) -> Tensor:
         """L'(x, y) = -log p(x|y,z) + KL(q(z|x,y) || N(0, I)) at one z = mu + sigma * eps.
 
         x: (B, D); y: (*S, B, K), one-hot or a relaxed point of the simplex;
@@ -209,6 +210,8 @@ class SemiSupervised(nn.Module):
         z = mu + torch.exp(0.5 * logvar) * eps
         out = self.decoder(torch.cat([y, z], -1))
         rec = F.binary_cross_entropy_with_logits(out, x.expand_as(out), reduction="none").sum(-1)
+        if parts:  # the two terms apart, (*S, B, 2)
+            return torch.stack([rec, gaussian_kl(mu, logvar)], -1)
         return rec + gaussian_kl(mu, logvar)
 
     def _kl_y(self, estimator, out, logits):
@@ -250,6 +253,18 @@ class SemiSupervised(nn.Module):
     def _batched(self, fn, x, batch_size) -> Tensor:
         return torch.cat([fn(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
 
+    @torch.no_grad()
+    def neg_elbo_parts(self, x: Tensor) -> Tensor:
+        """U(x)'s two parts per example, (B, 2), from the same draws as ``neg_elbo``:
+        the reconstruction sum_y q(y|x) (-log p(x|y,z)), and the KL terms
+        sum_y q(y|x) KL(q(z|x,y) || N(0, I)) + KL(q(y|x) || uniform)."""
+        logits = self.classifier(x)
+        states = torch.eye(self.k, device=x.device, dtype=x.dtype)[:, None, :]
+        per_y = self.neg_elbo_given_y(x, states.expand(-1, x.shape[0], -1), parts=True)
+        q = logits.softmax(-1).transpose(0, 1).unsqueeze(-1)
+        rec, kl_z = (q * per_y).sum(0).unbind(-1)
+        return torch.stack([rec, kl_z + categorical_kl(logits.unsqueeze(1))], -1)
+
     def _mean_neg_elbo(self, x, batch_size) -> float:
         return self._batched(self.neg_elbo, x, batch_size).double().mean().item()
 
@@ -264,7 +279,12 @@ class SemiSupervised(nn.Module):
                 x = data.eval_split(split)
                 logits = self._batched(self.classifier, x, bs)
                 out[f"{split}_accuracy"] = accuracy(logits, data.labels[split])
-                out[f"{split}_neg_elbo"] = self._mean_neg_elbo(x, bs_elbo)
+                if split == "test":  # with its two parts, recon + kl
+                    parts = self._batched(self.neg_elbo_parts, x, bs_elbo).double().mean(0)
+                    out["recon"], out["kl"] = parts.tolist()
+                    out["test_neg_elbo"] = out["recon"] + out["kl"]
+                else:
+                    out[f"{split}_neg_elbo"] = self._mean_neg_elbo(x, bs_elbo)
             train = data.eval_split("train")[: int(eval_cfg.get("train_subset", 10000))]
             out["train_neg_elbo"] = self._mean_neg_elbo(train, bs_elbo)
             if self._lab_x is not None:

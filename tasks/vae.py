@@ -21,7 +21,7 @@ from estimators import categorical_kl
 from estimators.base import log_softmax
 
 from . import _hard
-from .base import TaskConfigError, register
+from .base import TaskConfigError, register, report_progress
 
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU}
 
@@ -133,6 +133,15 @@ class VAE(nn.Module):
         return self.recon_sampled(x, logits) + categorical_kl(logits, self.prior_logits)
 
     @torch.no_grad()
+    def neg_elbo_parts(self, x):
+        """The -ELBO's two parts per example, (B, 2): the reconstruction term
+        -log p(x | z) at one z ~ q(z | x), and KL(q(z | x) || p(z)); they add up to
+        ``neg_elbo`` (the same draw of z)."""
+        logits = self.logits(x)
+        return torch.stack([self.recon_sampled(x, logits),
+                            categorical_kl(logits, self.prior_logits)], -1)
+
+    @torch.no_grad()
     def nll(self, x, samples: int, max_floats: float = 1.5e6):
         """Importance-sampled -log p(x) with ``samples`` draws from q(z|x):
         -log (1/S sum_s p(x|z_s) p(z_s) / q(z_s|x))."""
@@ -155,11 +164,18 @@ class VAE(nn.Module):
         w = torch.cat(ws, 0)
         return -(torch.logsumexp(w, 0) - math.log(samples))
 
-    def _batched_mean(self, fn, x, batch_size):
-        total = 0.0
-        for i in range(0, x.shape[0], batch_size):
-            total += fn(x[i:i + batch_size]).double().sum().item()
-        return total / x.shape[0]
+    def _batched_mean(self, fn, x, batch_size, what: str | None = None):
+        """Mean over the examples of fn's (B,) or (B, P) values; ``what`` names the
+        pass for the runner's progress display."""
+        n, total = x.shape[0], 0.0
+        if what:
+            report_progress(self, 0, n, what)
+        for i in range(0, n, batch_size):
+            total = total + fn(x[i:i + batch_size]).double().sum(0)
+            if what:
+                report_progress(self, min(i + batch_size, n), n, what)
+        total = total / n
+        return total.tolist() if torch.is_tensor(total) and total.ndim else float(total)
 
     def evaluate(self, data, eval_cfg, final: bool = False) -> dict[str, float]:
         bs = int(eval_cfg.get("batch_size", 1000))
@@ -167,14 +183,19 @@ class VAE(nn.Module):
         self.eval()
         train = data.eval_split("train")[: int(eval_cfg.get("train_subset", 10000))]
         out = {
-            "train_neg_elbo": self._batched_mean(self.neg_elbo, train, bs),
-            "valid_neg_elbo": self._batched_mean(self.neg_elbo, data.eval_split("valid"), bs),
-            "test_neg_elbo": self._batched_mean(self.neg_elbo, data.eval_split("test"), bs),
+            "train_neg_elbo": self._batched_mean(self.neg_elbo, train, bs, "train_neg_elbo"),
+            "valid_neg_elbo": self._batched_mean(self.neg_elbo, data.eval_split("valid"), bs,
+                                                 "valid_neg_elbo"),
         }
+        # the test -ELBO with its two parts (recon + kl, from the same draws)
+        recon, kl = self._batched_mean(self.neg_elbo_parts, data.eval_split("test"), bs,
+                                       "test_neg_elbo")
+        out.update(test_neg_elbo=recon + kl, recon=recon, kl=kl)
         s = int(eval_cfg.get("nll_samples", 0))
         if s > 0 and (final or eval_cfg.get("nll_every_eval", False)):
             out["test_nll"] = self._batched_mean(
-                lambda xb: self.nll(xb, s), data.eval_split("test"), max(1, bs // 10))
+                lambda xb: self.nll(xb, s), data.eval_split("test"), max(1, bs // 10),
+                "test_nll")
         self.train(was)
         return out
 

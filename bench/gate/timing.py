@@ -37,28 +37,50 @@ def run_timing(json_path: Path, task_names, est_names, device="cpu",
     return code
 
 
+def machine_kind(doc: dict | None) -> str:
+    """The kind of machine a benchmark file was measured on: CPU brand and count (and
+    the device where not a CPU). Timings compare only between the same kind."""
+    mi = (doc or {}).get("machine_info", {})
+    cpu = mi.get("cpu", {}) if isinstance(mi.get("cpu"), dict) else {}
+    return f"{cpu.get('brand_raw') or mi.get('processor') or '?'} x{cpu.get('count', '?')}"
+
+
+def _entry_kind(b: dict, doc: dict | None) -> str:
+    return b.get("extra_info", {}).get("machine") or machine_kind(doc)
+
+
 def timing_table(current: dict, baseline: dict | None) -> list[str]:
-    def medians(doc):
-        return {(b["extra_info"].get("task"), b["extra_info"].get("estimator")):
-                b["stats"]["median"] for b in (doc or {}).get("benchmarks", [])
-                if "task" in b.get("extra_info", {})}
+    """Medians now and in the baseline; a ratio only where the baseline entry was
+    measured on the same kind of machine (CPU brand and count), since a ratio across
+    machines reads as a speed-up or slow-down that did not happen."""
+    def entries(doc):
+        return {(b["extra_info"].get("task"), b["extra_info"].get("estimator")): b
+                for b in (doc or {}).get("benchmarks", []) if "task" in b.get("extra_info", {})}
 
     def machine(doc):
         mi = (doc or {}).get("machine_info", {})
-        cpu = mi.get("cpu", {}) if isinstance(mi.get("cpu"), dict) else {}
-        return (f"{cpu.get('brand_raw') or mi.get('processor') or '?'}, "
-                f"{cpu.get('count', '?')} cpus, python {mi.get('python_version', '?')}")
+        return f"{machine_kind(doc)} cpus, python {mi.get('python_version', '?')}"
 
-    now, base = medians(current), medians(baseline)
+    here = machine_kind(current)
+    now, base = entries(current), entries(baseline)
     lines = ["time per estimate (median; reported, never enforced)",
              f"  this run : {machine(current)}",
-             f"  baseline : {machine(baseline) if baseline else '(none)'}",
-             f"  {'task':16} {'estimator':20} {'baseline':>11} {'now':>11} {'ratio':>7}"]
+             f"  baseline : {machine(baseline) if baseline else '(none)'}"]
+    other = sorted({_entry_kind(b, baseline) for b in base.values()} - {here})
+    if other:
+        lines.append(f"  ratios only against baselines measured on this kind of machine "
+                     f"({here}); other entries were measured on: {'; '.join(other)}")
+    lines.append(f"  {'task':16} {'estimator':20} {'baseline':>11} {'now':>11} {'ratio':>7}")
     for key in sorted(now):
+        t = now[key]["stats"]["median"]
         b = base.get(key)
-        ratio = f"{now[key] / b:7.2f}" if b else "    new"
-        bs = f"{b * 1e3:9.3f}ms" if b else f"{'-':>11}"
-        lines.append(f"  {key[0]:16} {key[1]:20} {bs} {now[key] * 1e3:9.3f}ms {ratio}")
+        if b is None:
+            bs, ratio = f"{'-':>11}", "    new"
+        else:
+            bt = b["stats"]["median"]
+            bs = f"{bt * 1e3:9.3f}ms"
+            ratio = f"{t / bt:7.2f}" if _entry_kind(b, baseline) == here else "  other"
+        lines.append(f"  {key[0]:16} {key[1]:20} {bs} {t * 1e3:9.3f}ms {ratio}")
     return lines
 
 
@@ -74,9 +96,15 @@ def add_variance(doc: dict, measured: dict) -> dict:
 
 
 def merge_timing(new: dict, old: dict | None) -> dict:
-    """Timing baseline: the new run's (task, estimator) entries replace the old ones."""
+    """Timing baseline: the new run's (task, estimator) entries replace the old ones;
+    each entry records the kind of machine it was measured on (extra_info.machine)."""
+    kind = machine_kind(new)
+    for b in new.get("benchmarks", []):
+        b.setdefault("extra_info", {})["machine"] = kind
     if not old:
         return new
+    for b in old.get("benchmarks", []):  # entries from before: the file's own machine
+        b.setdefault("extra_info", {}).setdefault("machine", machine_kind(old))
 
     def key(b):
         ei = b.get("extra_info", {})

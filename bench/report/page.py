@@ -10,7 +10,9 @@ where one row holds the same estimator with several settings), and its value is
 the mean over seeds of each run's final evaluation, with the half-width of a 95%
 Student-t interval (none with one seed).
 
-Written under ``--out`` (default: RESULTS_DIR itself when it is a store):
+Written under ``--out`` (default: a fresh folder ``RESULTS_DIR/report`` for a store,
+``./report`` for a rows.csv; never over a store's committed REPORT.md unless asked
+with ``--out``), only as regular files inside it (bench.report.output):
 
     REPORT.md                         the page linking everything below
     tables/main.{md,tex,csv}          rows x estimators, the paper's metric per row,
@@ -19,8 +21,9 @@ Written under ``--out`` (default: RESULTS_DIR itself when it is a store):
     tables/summary.csv                long format: row, estimator, metric, mean, ci95, seeds,
                                       published
     tables/rows.csv                   every stored row, with its row and cell labels
-    figures/*.png, figures/*.pdf      curves against steps and training time, gradient
+    figures/*.{png,pdf}               curves against steps and training time, gradient
                                       variance, step time, samples and reconstructions
+                                      (``--format``: any of png, pdf, svg)
 
 RESULTS_DIR may also be a ``rows.csv`` written by an earlier report: tables and
 curves are rebuilt from it (samples need the stored models and are skipped).
@@ -40,7 +43,9 @@ import pandas as pd
 from ..paths import CONF_DIR
 from ..results import COLUMNS
 from . import budget
+from . import figures as figmod
 from .figures import plot_curves, plot_step_time
+from .output import Output, ReportOutputError, md_code, one_line
 from .runs import Runs, load_runs
 from .samples import plot_samples
 from .tables import HEADLINE, METRIC_LABELS, row_info, summary, table, to_markdown, write_table
@@ -61,6 +66,7 @@ def _provenance(runs: Runs, df: pd.DataFrame) -> str:
     per_run = df.drop_duplicates("run_id").set_index("run_id")
     groups = per_run.groupby(per_run["experiment"].replace("", "(none)"))
     for exp, g in groups:
+        label = "(none)" if exp == "(none)" else md_code(exp)
         cfgs = [runs.configs.get(r, {}) for r in g.index]
         evs = {(c.get("eval") or {}).get("nll_samples") for c in cfgs} - {None}
         gms = {(c.get("eval") or {}).get("grad_samples") for c in cfgs} - {None}
@@ -73,14 +79,15 @@ def _provenance(runs: Runs, df: pd.DataFrame) -> str:
         env = f"BENCH_DATA_DIR={dirs[0]} " if len(dirs) == 1 else ""
         if exp == "(none)":
             cmd = "(ad hoc runs)"
-        elif (CONF_DIR / "experiment" / f"{exp}.yaml").exists():
-            cmd = f"`{env}python -m bench run +experiment={exp}`"
+        elif _is_experiment_file(exp):
+            cmd = md_code(f"{env}python -m bench run +experiment={exp}")
         else:  # a label set with report.experiment=...: no config file of that name
-            cmd = f"(label `{exp}` set on the command line; see the notes beside this report)"
+            cmd = f"(label {label} set on the command line; see the notes beside this report)"
         ev = (f"m={'/'.join(map(str, sorted(evs)))}, grad M={'/'.join(map(str, sorted(gms)))}"
               if evs else "")
         lines.append(
-            f"| {exp} | {cmd} | {', '.join(sorted(g['git_sha'].astype(str).unique()))} | "
+            f"| {label} | {cmd} | "
+            f"{md_code(', '.join(sorted(g['git_sha'].astype(str).unique())))} | "
             f"{', '.join(sorted(g['device'].astype(str).unique()))} | {', '.join(torch_v)} | "
             f"{g['row'].nunique()} | {st.get('complete', 0)} / {st.get('diverged', 0)} / "
             f"{st.get('incomplete', 0)} | "
@@ -102,40 +109,53 @@ def _runs_table(df) -> str:
             + "\n".join(lines) + "\n")
 
 
+def _is_experiment_file(name: str) -> bool:
+    """Whether ``name`` is a config in conf/experiment/ (a plain name, no path tricks)."""
+    ok = name.replace("_", "").replace("-", "").replace("/", "").isalnum() and ".." not in name
+    return ok and (CONF_DIR / "experiment" / f"{name}.yaml").is_file()
+
+
 def build(results, out, data_dir=None, samples: bool = True, figures: bool = True,
-          budgets=()) -> Path:
+          formats=None, budgets=()) -> Path:
     """Write every table, figure and REPORT.md under ``out``; returns REPORT.md's path.
     ``samples=False`` skips the sample figures (no models loaded), ``figures=False``
-    every figure; ``budgets``: evaluations of f to tabulate at (bench.report.budget)."""
-    out = Path(out)
+    every figure; ``formats``: the figure file formats (default png and pdf);
+    ``budgets``: evaluations of f to tabulate at (bench.report.budget)."""
+    formats = tuple(formats or figmod.FORMATS)
+    figmod.FORMATS, saved_formats = formats, figmod.FORMATS
+    try:
+        return _build(results, Output(out), data_dir, samples, figures, budgets)
+    finally:
+        figmod.FORMATS = saved_formats
+
+
+def _build(results, out: Output, data_dir, samples: bool, figures: bool, budgets=()) -> Path:
     runs = load_runs(results)
     df = runs.rows
-    tdir, fdir = out / "tables", out / "figures"
-    tdir.mkdir(parents=True, exist_ok=True)
-    fdir.mkdir(parents=True, exist_ok=True)
+    tdir, fdir = out.sub("tables"), out.sub("figures")
     summ = summary(df)
     info = row_info(df) if not df.empty else pd.DataFrame(columns=["published"])
     rows = list(info.index)
 
     keep = [c for c in COLUMNS + ["status", "row", "cell", "setting", "experiment", "reduced",
                                   "train_steps"] if c in df]
-    df[keep].to_csv(tdir / "rows.csv", index=False)
-    summ.to_csv(tdir / "summary.csv", index=False)
+    tdir.write_csv("rows.csv", df[keep], index=False)
+    tdir.write_csv("summary.csv", summ, index=False)
 
     md = ["# Results report", ""]
     md.append(f"Generated by `python -m bench report` from {df['run_id'].nunique()} runs "
-              f"in `{results}` (no training). Tables: mean ± half-width of the 95% Student-t "
-              "interval over seeds (no interval with one seed); published values in brackets. "
+              f"in {md_code(results)} (no training). Tables: mean ± half-width of the 95% "
+              "Student-t interval over seeds (no interval with one seed); published values in "
+              "brackets. "
               "Every metric is computed on the discrete model (hard samples, analytic KL), "
               "whatever the estimator trained with.")
     md.append("")
     if df.empty:
         md.append("No results were found.")
-        (out / "REPORT.md").write_text("\n".join(md) + "\n")
-        return out / "REPORT.md"
+        return out.write_text("REPORT.md", "\n".join(md) + "\n")
     if df.drop_duplicates("run_id")["reduced"].any():
         reduced = sorted(df.loc[df["reduced"].astype(bool), "experiment"].unique())
-        md += ["> **Reduced runs.** The rows of " + ", ".join(f"`{e}`" for e in reduced)
+        md += ["> **Reduced runs.** The rows of " + ", ".join(md_code(e) for e in reduced)
                + " come from reduced runs (`report.reduced: true`: fewer steps or seeds than "
                "the papers, on CPU, possibly fewer importance samples): they are **not** "
                "directly comparable with the published numbers beside them. The full-run "
@@ -187,19 +207,21 @@ def build(results, out, data_dir=None, samples: bool = True, figures: bool = Tru
     notes = []
     if samples:
         sfiles, notes = plot_samples(runs, df, rows, fdir, data_dir)
-        pngs = [f for f in sfiles if f.endswith(".png")]
-        for p in pngs:
-            figs.append((f"Samples and reconstructions: {p[len('samples_'):-4]}",
-                         [p, p[:-4] + ".pdf"]))
+        stems = list(dict.fromkeys(f.rsplit(".", 1)[0] for f in sfiles))
+        for stem in stems:
+            figs.append((f"Samples and reconstructions: {stem[len('samples_'):]}",
+                         [f for f in sfiles if f.rsplit(".", 1)[0] == stem]))
     if figures:
         md += ["## Figures", ""]
     for title, files in figs:
         if not files:
             md += [f"- {title}: no data (gap)."]
             continue
-        png, pdf = files[0], files[1]
-        md += [f"### {title}", "", f"![{title}](figures/{png})", "",
-               f"[PNG](figures/{png}) · [PDF](figures/{pdf})", ""]
+        title = one_line(title)
+        shown = next((f for f in files if f.endswith((".png", ".svg"))), None)
+        links = " · ".join(f"[{f.rsplit('.', 1)[1].upper()}](figures/{f})" for f in files)
+        md += [f"### {title}", ""] + ([f"![{title}](figures/{shown})", ""] if shown else [])
+        md += [links, ""]
     if notes:
         md += ["Figures not drawn:", ""] + [f"- {n}" for n in notes] + [""]
     md += ["## Notes on the metrics", "",
@@ -210,7 +232,10 @@ def build(results, out, data_dir=None, samples: bool = True, figures: bool = Tru
            "(for `sbn`: −log (1/m Σ p(x_l | h_i)), h_i from the network). Jang et al.'s SBN "
            "numbers (m = 1000) and Maddison et al.'s test NLL (m = 1000) compare against it.",
            "- A reduced run's m (above) is far below the papers' 1000, which leaves its bound "
-           "looser.", ""]
+           "looser.",
+           "- `recon`, `kl` (VAE and M2 runs): the test −ELBO's two parts, −log p(x | z) and "
+           "KL(q(z | x) ‖ p(z)), from the same draws; a `kl` near 0 means the latents carry "
+           "nothing (the decoder has learnt the mean image). The SBN bound has no KL term.", ""]
     exps = ({e.removesuffix("_quick") for e in df["experiment"].unique() if e}
             | {e for e in df["setting"].unique() if e})
     full = [FULL_COMMANDS[e] for e in sorted(exps) if e in FULL_COMMANDS]
@@ -219,8 +244,7 @@ def build(results, out, data_dir=None, samples: bool = True, figures: bool = Tru
                "The papers' budgets (every estimator, 5 seeds, m = 1000) need a GPU; "
                "each command is one Hydra grid (see docs/reproduction.md):", "", "```"]
         md += full + ["python -m bench report results --out results", "```", ""]
-    (out / "REPORT.md").write_text("\n".join(md))
-    return out / "REPORT.md"
+    return out.write_text("REPORT.md", "\n".join(md))
 
 
 def main(argv: list[str]) -> int:
@@ -230,8 +254,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("results_dir", nargs="?", default="results",
                     help="a results store (default: results), or a rows.csv from a report")
     ap.add_argument("--out", default=None,
-                    help="output folder (default: RESULTS_DIR for a store, else ./report)")
-    ap.add_argument("--data-dir", default=None,
+                    help="output folder (default: RESULTS_DIR/report for a store, else "
+                         "./report); files there of the same names are replaced")
+    ap.add_argument("--format", default=",".join(figmod.FORMATS),
+                    help="figure formats, comma-separated: png, pdf, svg (default: png,pdf)")
+    ap.add_argument("--data-dir", "--data_dir", dest="data_dir", default=None,
                     help="where the datasets are, for the sample figures (default: each "
                          "run's data_dir, or BENCH_DATA_DIR)")
     ap.add_argument("--no-samples", action="store_true",
@@ -249,18 +276,28 @@ def main(argv: list[str]) -> int:
         print(f"error: --budget-evals {a.budget_evals!r}: give positive numbers, e.g. 1e7",
               file=sys.stderr)
         return 2
+    formats = tuple(f.strip().lower() for f in a.format.split(",") if f.strip())
+    bad = [f for f in formats if f not in figmod.ALLOWED_FORMATS]
+    if bad or not formats:
+        print(f"error: --format {a.format!r}: allowed: {', '.join(figmod.ALLOWED_FORMATS)}",
+              file=sys.stderr)
+        return 2
     src = Path(a.results_dir)
     if not src.exists():
         print(f"error: results_dir {a.results_dir!r} does not exist", file=sys.stderr)
         return 2
-    out = Path(a.out) if a.out else (src if src.is_dir() else Path("report"))
+    out = Path(a.out) if a.out else (src / "report" if src.is_dir() else Path("report"))
     runs_dir = src / "runs" if src.is_dir() else None
     if runs_dir is not None and not runs_dir.is_dir() and not any(src.glob("*/*/meta.json")):
         print(f"error: no results under {a.results_dir} (expected {runs_dir}); run "
               f"`python -m bench run ...` first", file=sys.stderr)
         return 2
     data_dir = a.data_dir or os.environ.get("BENCH_DATA_DIR")
-    page = build(src, out, data_dir=data_dir, samples=not a.no_samples,
-                 figures=not a.tables_only, budgets=budgets)
+    try:
+        page = build(src, out, data_dir=data_dir, samples=not a.no_samples,
+                     figures=not a.tables_only, formats=formats, budgets=budgets)
+    except ReportOutputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {page} (tables in {out / 'tables'}, figures in {out / 'figures'})")
     return 0

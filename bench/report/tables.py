@@ -4,7 +4,6 @@ value beside ours, and their Markdown, LaTeX and CSV files."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pandas as pd
 
@@ -126,8 +125,8 @@ def table(summ: pd.DataFrame, info: pd.DataFrame, metric: str | None):
 
 
 def to_markdown(frame: pd.DataFrame) -> str:
-    def esc(v):
-        return str(v).replace("|", "\\|")
+    from .output import md_cell as esc
+
     lines = ["| " + " | ".join(esc(c) for c in frame.columns) + " |",
              "|" + "---|" * len(frame.columns)]
     for _, r in frame.iterrows():
@@ -136,8 +135,10 @@ def to_markdown(frame: pd.DataFrame) -> str:
 
 
 def to_latex(frame: pd.DataFrame, caption: str) -> str:
+    from .output import one_line
+
     def tex(v):
-        s = str(v)
+        s = one_line(v)
         for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("&", r"\&"), ("%", r"\%"),
                      ("#", r"\#"), ("±", r"$\pm$"), ("−", "-"), ("—", "--"), ("·", r"$\cdot$")):
             s = s.replace(a, b)
@@ -148,8 +149,11 @@ def to_latex(frame: pd.DataFrame, caption: str) -> str:
                          column_format="l" * len(frame.columns))
 
 
-def write_table(frame, nums, out: Path, name: str, caption: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.md").write_text(f"{caption}\n\n{to_markdown(frame)}")
-    (out / f"{name}.tex").write_text(to_latex(frame, caption))
-    nums.to_csv(out / f"{name}.csv", index=False)
+def write_table(frame, nums, out, name: str, caption: str) -> None:
+    """``out``: a folder or a bench.report.output.Output (files are written safely)."""
+    from .output import as_output
+
+    out = as_output(out)
+    out.write_text(f"{name}.md", f"{caption}\n\n{to_markdown(frame)}")
+    out.write_text(f"{name}.tex", to_latex(frame, caption))
+    out.write_csv(f"{name}.csv", nums, index=False)

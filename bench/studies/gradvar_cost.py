@@ -127,7 +127,8 @@ def main(argv=None) -> int:
     ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
                     help="cpu: this thread's CPU time, robust to other load on the machine "
                          "(CPU device, one thread); wall: elapsed time")
-    ap.add_argument("--data_dir", default=os.environ.get("BENCH_DATA_DIR", "data"))
+    ap.add_argument("--data-dir", "--data_dir", dest="data_dir",
+                    default=os.environ.get("BENCH_DATA_DIR", "data"))
     ap.add_argument("--out", default=None, help="also write the figures as JSON here")
     a = ap.parse_args(argv)
     if a.m < 2:

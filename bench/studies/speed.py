@@ -192,7 +192,8 @@ def main(argv=None) -> int:
                     help="steps each variant trains before timing (steady state)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--estimator", default="gumbel_softmax")
-    ap.add_argument("--data_dir", default=os.environ.get("BENCH_DATA_DIR", "data"))
+    ap.add_argument("--data-dir", "--data_dir", dest="data_dir",
+                    default=os.environ.get("BENCH_DATA_DIR", "data"))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="cpu: this thread's CPU time (robust to other load on the machine; "

@@ -201,7 +201,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data", choices=["mnist", "random"], default="mnist",
                     help="mnist: MNIST training images from --data-dir; random: random "
                          "binary 784-pixel images (the speed does not depend on pixel values)")
-    ap.add_argument("--data-dir", default=None, help="folder holding MNIST/raw (or "
+    ap.add_argument("--data-dir", "--data_dir", dest="data_dir", default=None,
+                    help="folder holding MNIST/raw (or "
                     "BENCH_DATA_DIR)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
