@@ -73,8 +73,10 @@ def _check_seed_keys(overrides: list[str]) -> None:
         raise ConfigError("seeds=[...] replaces seed; give one or the other, not both")
 
 
-def job_configs(overrides: list[str], multirun: bool) -> list[dict]:
-    """Compose every job's config as Hydra will (sweeps expanded), resolved."""
+def job_configs(overrides: list[str], multirun: bool, check_code: bool = False) -> list[dict]:
+    """Compose every job's config as Hydra will (sweeps expanded), resolved. With
+    ``check_code``, refuse a composed ``hydra`` node that would run code
+    (bench.trust)."""
     from hydra import compose, initialize_config_dir
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -87,6 +89,10 @@ def job_configs(overrides: list[str], multirun: bool) -> list[dict]:
         plain = [s for s, o in zip(overrides, parser.parse_overrides(overrides))
                  if not o.is_sweep_override()]
         base = compose("config", overrides=plain, return_hydra_config=True)
+        if check_code:
+            from .trust import check_hydra_config
+
+            check_hydra_config(OmegaConf.to_container(base.hydra, resolve=False))
         # an experiment may set hydra.mode: MULTIRUN, making -m implicit
         multirun = multirun or str(OmegaConf.select(base, "hydra.mode")) == "RunMode.MULTIRUN"
         if not multirun:
@@ -119,38 +125,96 @@ def _one_line(e: Exception) -> str:
     return " ".join(lines[:2]) if len(lines) > 1 and len(lines[0]) < 40 else lines[0]
 
 
+def _writable(results_dirs) -> None:
+    """One line naming a results_dir that cannot be written (before Hydra makes its
+    log folder there and fails with a traceback)."""
+    import tempfile
+    from pathlib import Path
+
+    from .config import ConfigError
+
+    for d in sorted(set(results_dirs)):
+        try:
+            Path(d).mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=d):
+                pass
+        except OSError as e:
+            raise ConfigError(f"results_dir {d} is not writable: {e.strerror or e}") from None
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what Slurm sends at preemption), handled like Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def cmd_run(args: list[str]) -> int:
+    import os
+    import signal
+    import socket
+
     from .config import ConfigError
     from .jobs import validate
+    from .trust import allowed, check_flags_and_overrides
 
     flags, overrides, multirun = _split_args(args)
+    allow_code = allowed(flags)
+    flags = [f for f in flags if f != "--allow-code"]
     info_only = any(f in ("--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help")
                     for f in flags)
-    if not info_only:
-        try:
+    configs = []
+    try:
+        if not allow_code:
+            check_flags_and_overrides(flags, overrides)
+        if not info_only:
             _check_group_choices(overrides)
             _check_seed_keys(overrides)
-            configs = job_configs(overrides, multirun)
+            configs = job_configs(overrides, multirun, check_code=not allow_code)
             for c in configs:
                 validate(c)
-        except ConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        except Exception as e:  # Hydra's own composition/override errors
-            print(f"error: {_one_line(e)}", file=sys.stderr)
-            return 2
-        if len(configs) > 1:
-            print(f"bench: {len(configs)} jobs checked; starting the grid", file=sys.stderr)
+            _writable(c["results_dir"] for c in configs)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # Hydra's own composition/override errors
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    if len(configs) > 1:
+        print(f"bench: {len(configs)} jobs checked; starting the grid", file=sys.stderr)
     from . import app
 
+    # each grid its own Hydra log folder (conf/config.yaml: hydra.run.dir, sweep.dir)
+    os.environ.setdefault("BENCH_RUN_ID", f"{socket.gethostname()}-{os.getpid()}")
     sys.argv = ["bench run", *flags, *overrides]
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         app.main()
-    except KeyboardInterrupt:
-        print("interrupted: every row written so far is kept; run the same command again "
+    except KeyboardInterrupt as e:
+        how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"{how}: every row written so far is kept; run the same command again "
               "to resume (completed configs are skipped)", file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, Terminated) else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    _compact(c["results_dir"] for c in configs)
     return 0
+
+
+def _compact(results_dirs) -> None:
+    """Compact the finished runs of each store the grid wrote (bench.store.compact),
+    once there are enough of them to be worth a part."""
+    from .store.compact import compact
+
+    for d in sorted(set(results_dirs)):
+        try:
+            part, n = compact(d, min_runs=20)
+        except OSError as e:  # the rows are safe in their run folders either way
+            print(f"bench: store not compacted ({e})", file=sys.stderr)
+            continue
+        if part is not None:
+            print(f"bench: compacted {n} finished runs into {part}", file=sys.stderr)
 
 
 def _module_main(module: str):
@@ -167,6 +231,7 @@ COMMANDS = {
     "run": (cmd_run, "train: one config, or a grid with -m (Hydra overrides)"),
     "report": (_module_main("report.page"), "tables, figures and REPORT.md from a store"),
     "check": (_module_main("gate.cli"), "gradient-variance regression gate (CI)"),
+    "store": (_module_main("store.cli"), "check a results store (verify, --repair) or compact it"),
     "biasvar": (_module_main("studies.biasvar"), "bias/variance study on exact-gradient tasks"),
     "speed": (_module_main("studies.speed"), "training-step throughput against references"),
     "gradvar_cost": (_module_main("studies.gradvar_cost"), "cost of grad_var against a step"),

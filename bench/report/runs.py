@@ -14,7 +14,7 @@ from ..results import load
 
 # config keys that do not change a run's numbers (nor its row)
 _NOT_IN_ROW = {"results_dir", "data_dir", "skip_complete", "progress", "threads", "device",
-               "seed", "estimator", "flush_denormal"}
+               "seed", "estimator", "flush_denormal", "store"}
 _NOT_IN_ROW_TRAIN = {"save_model", "check_every"}
 
 
