@@ -238,6 +238,8 @@ COMMANDS = {
     "ssl_speedup": (_module_main("studies.ssl_speedup"),
                     "M2: sampled label against marginalisation, K = 10..100"),
     "ssl_select": (_module_main("studies.ssl_select"), "M2: alpha chosen on validation"),
+    "storebench": (_module_main("studies.storebench"),
+                   "load/report time and memory on a synthetic store of N runs"),
 }
 
 

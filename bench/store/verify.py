@@ -122,7 +122,8 @@ def check_run(path, models: bool = True, keep_rows: bool = False) -> RunCheck:
         st, err = read_json(path / "status.json")
         if err:
             res.problems.append(err)
-        elif not isinstance(st, dict) or st.get("status") not in FINISHED:
+        elif not isinstance(st, dict) or not isinstance(st.get("status"), str) \
+                or not st["status"]:
             res.problems.append(f"status.json: no valid status ({str(st)[:60]})")
         else:
             res.status = st["status"]

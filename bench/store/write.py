@@ -47,9 +47,10 @@ def clean_value(value) -> tuple[str, str]:
 
 
 class Store:
-    def __init__(self, root):
+    def __init__(self, root, fsync: bool = True):
         self.root = Path(root)
         self.runs = self.root / "runs"
+        self.fsync = fsync  # False only for synthetic stores (bench.studies.storebench)
 
     def status(self, config_hash: str, log=None) -> str | None:
         """``complete``/``diverged`` if a run of this config has finished and its
@@ -58,14 +59,14 @@ class Store:
         from .verify import check_run
 
         for st in sorted((self.runs / config_hash).glob("*/status.json")):
-            problems, status = check_run(st.parent)
-            if problems:
+            chk = check_run(st.parent)
+            if chk.problems:
                 if log is not None:
-                    log.warning(f"damaged run {st.parent}: {problems[0]} (not counted; "
+                    log.warning(f"damaged run {st.parent}: {chk.problems[0]} (not counted; "
                                 f"`python -m bench store verify --repair` moves it aside)")
                 continue
-            if status in ("complete", "diverged"):
-                return status
+            if chk.status in ("complete", "diverged"):
+                return chk.status
         return None
 
     def lock(self, config_hash: str, stale_s: float = 300.0, heartbeat_s: float | None = None):
@@ -93,9 +94,10 @@ class Store:
 
     def start(self, config_hash: str, meta: dict) -> "Run":
         run_id = f"{config_hash[:10]}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        run = Run(self.runs / config_hash / run_id, run_id, config_hash, meta)
+        run = Run(self.runs / config_hash / run_id, run_id, config_hash, meta, self.fsync)
         atomic_write(run.dir / "meta.json", json.dumps(
-            {"run_id": run_id, "config_hash": config_hash, **meta}, indent=1, default=str))
+            {"run_id": run_id, "config_hash": config_hash, **meta}, indent=1, default=str),
+            self.fsync)
         return run
 
 
