@@ -39,7 +39,17 @@ def _split_args(args: list[str]) -> tuple[list[str], list[str], bool]:
     return flags, overrides, multirun
 
 
-def _check_group_choices(overrides: list[str]) -> None:
+def _config_dir(flags: list[str]):
+    """The folder given with --config-dir/-cd (searched after conf/), or None."""
+    from pathlib import Path
+
+    for i, f in enumerate(flags[:-1]):
+        if f in ("--config-dir", "-cd"):
+            return Path(flags[i + 1]).resolve()
+    return None
+
+
+def _check_group_choices(overrides: list[str], extra_dir=None) -> None:
     """One-line errors for unknown config-group options (estimator=foo, ...)."""
     from .config import ConfigError
     from .paths import CONF_DIR
@@ -48,8 +58,8 @@ def _check_group_choices(overrides: list[str]) -> None:
         key, sep, value = o.lstrip("+~").partition("=")
         if not sep or key not in GROUPS:
             continue
-        folder = CONF_DIR / key
-        allowed = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+        folders = [CONF_DIR / key] + ([extra_dir / key] if extra_dir else [])
+        allowed = sorted({p.stem for f in folders if f.is_dir() for p in f.glob("*.yaml")})
         if key == "hydra/launcher":
             continue  # Hydra's own plugins live outside conf/
         for v in _sweep_values(value):
@@ -73,10 +83,11 @@ def _check_seed_keys(overrides: list[str]) -> None:
         raise ConfigError("seeds=[...] replaces seed; give one or the other, not both")
 
 
-def job_configs(overrides: list[str], multirun: bool, check_code: bool = False) -> list[dict]:
+def job_configs(overrides: list[str], multirun: bool, check_code: bool = False,
+                extra_dir=None) -> list[dict]:
     """Compose every job's config as Hydra will (sweeps expanded), resolved. With
     ``check_code``, refuse a composed ``hydra`` node that would run code
-    (bench.trust)."""
+    (bench.trust). ``extra_dir``: a --config-dir, searched as Hydra will."""
     from hydra import compose, initialize_config_dir
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -85,6 +96,8 @@ def job_configs(overrides: list[str], multirun: bool, check_code: bool = False) 
     from .paths import CONF_DIR
 
     parser = OverridesParser.create()
+    if extra_dir is not None:
+        overrides = [f"hydra.searchpath=[file://{extra_dir}]", *overrides]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         plain = [s for s, o in zip(overrides, parser.parse_overrides(overrides))
                  if not o.is_sweep_override()]
@@ -169,9 +182,11 @@ def cmd_run(args: list[str]) -> int:
         if not allow_code:
             check_flags_and_overrides(flags, overrides)
         if not info_only:
-            _check_group_choices(overrides)
+            extra = _config_dir(flags)
+            _check_group_choices(overrides, extra)
             _check_seed_keys(overrides)
-            configs = job_configs(overrides, multirun, check_code=not allow_code)
+            configs = job_configs(overrides, multirun, check_code=not allow_code,
+                                  extra_dir=extra)
             for c in configs:
                 validate(c)
             _writable(c["results_dir"] for c in configs)

@@ -237,6 +237,11 @@ def repair(root, verdict: Verdict) -> list[tuple[Path, Path]]:
             rel = Path(path.name)
         dest = q / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir() and not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+            try:  # an unreadable folder of ours: moving it needs write access to it
+                os.chmod(path, 0o755)
+            except OSError:
+                pass
         os.replace(path, dest)
         moved.append((path, dest))
         if path.suffix == ".parquet" and path.with_suffix(".json").exists():
