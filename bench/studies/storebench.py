@@ -3,9 +3,10 @@
     python -m bench storebench [--runs 10000] [--evals 20] [--baseline-runs 200]
                                [--out results/store_speed/RESULTS.md]
 
-Builds a synthetic store of N finished runs in a temporary folder with the store's
-own writer (bench.store.Run: one rows file per evaluation, ~15 metrics each, the
-default config with estimator, seed, lr and temperature varied), then measures,
+Builds a synthetic store of N finished runs in a temporary folder in the store's
+format (one rows file per evaluation, ~15 metrics each, byte for byte what
+bench.store.Run writes; the default config with estimator, seed, lr, temperature
+and batch size varied: a grid of 200 report rows x 10 estimators), then measures,
 each phase in a fresh process (seconds and peak resident memory, VmHWM):
 
   load (files)      ``load()`` of the store as written: every rows file read and
@@ -41,9 +42,23 @@ ESTIMATORS = ["gumbel_softmax", "st_gumbel_softmax", "reinforce", "concrete_kl",
               "relax", "nvil", "muprop", "arm", "rao_blackwell"]
 
 
+def _rows_bytes(run, step, metrics, wall_s) -> bytes:
+    """The bytes ``Run.write`` writes, formatted directly (checked against it on the
+    first run of every store generated)."""
+    from bench.store.files import COLUMNS
+
+    b = run.base
+    head = f"{b['run_id']},{b['estimator']},{b['task']},{b['dataset']},{b['seed']},"
+    head += f"{b['temperature']},{step},"
+    tail = f",{wall_s:.4f},{b['device']},{b['git_sha']},{b['config_hash']},\n"
+    return (",".join(COLUMNS) + "\n" + "".join(
+        f"{head}{m},{float(v)!r}{tail}" for m, v in metrics.items())).encode()
+
+
 def generate(root: Path, n_runs: int, n_evals: int) -> None:
     from bench.cli import job_configs
     from bench.config import config_hash
+    from bench.store.files import atomic_write, rows_name
     from bench.store.write import Store
 
     base = job_configs([f"results_dir={root}"], False)[0]
@@ -70,7 +85,12 @@ def generate(root: Path, n_runs: int, n_evals: int) -> None:
             metrics = {m: rnd.random() * 100 for m in METRICS}
             if e == n_evals:
                 metrics.update(test_nll=rnd.random() * 100, wall_s=rnd.random() * 1000)
-            run.write(step, metrics, rnd.random() * 1000)
+            wall = rnd.random() * 1000
+            data = _rows_bytes(run, step, metrics, wall)
+            if i == 0:  # the store's own writer, and the fast path gives the same bytes
+                assert run.write(step, metrics, wall).read_bytes() == data
+            else:
+                atomic_write(run.dir / rows_name(step, len(metrics), data), data, fsync=False)
         run.finish("complete", wall_s=1.0)
 
 
