@@ -247,3 +247,29 @@ def test_older_stores_load_as_before_and_their_damage_is_found(tmp_path):
     assert any("truncated" in p for p in problems) and any("bad header" in p for p in problems)
     assert runs[0] in {d for d, _ in verify(root).damaged}
     assert runs[0].name not in set(results.load(root)["run_id"])
+
+
+def test_compacted_store_loads_the_same_and_a_damaged_part_falls_back(clean_store, tmp_path):
+    from bench.store.compact import compact
+
+    root = tmp_path / "store"
+    shutil.copytree(clean_store, root)
+    before = results.load(root)
+    part, n = compact(root)
+    assert n == len(SEEDS) and part.exists() and compact(root) == (None, 0)
+    after = results.load(root)
+    pd.testing.assert_frame_equal(before, after)
+    assert not verify(root).damaged
+    # a run moved out of the store leaves the part's copy unread
+    gone = run_of(root, 3)
+    shutil.move(gone, tmp_path / "aside")
+    assert 3 not in set(results.load(root)["seed"])
+    shutil.move(tmp_path / "aside", gone)
+    # a damaged part: named, passed over, its runs read from their folders
+    data = part.read_bytes()
+    part.write_bytes(data[: len(data) // 2])
+    v = verify(root)
+    assert [d for d, _ in v.damaged] == [part]
+    again = results.load(root)
+    assert again.attrs["damaged"][0][0] == str(part)
+    pd.testing.assert_frame_equal(before, again)
