@@ -96,9 +96,10 @@ def _check_zip(path: Path) -> str | None:
 
 
 def check_run(path, models: bool = True, keep_rows: bool = False) -> RunCheck:
-    """Every check of one run folder. ``models=False`` leaves model.pt and
-    checkpoints unchecked (the rows do not depend on them); ``keep_rows`` keeps
-    the rows files' bytes for the reader."""
+    """Every check of one run folder. ``models=False`` leaves model.pt unchecked
+    (the rows do not depend on it); ``keep_rows`` keeps the rows files' bytes for
+    the reader. Checkpoints (checkpoint*.pt) are not looked at here: the resume
+    code checks them and passes over a damaged one."""
     path = Path(path)
     res = RunCheck(path)
     try:
@@ -155,7 +156,7 @@ def check_run(path, models: bool = True, keep_rows: bool = False) -> RunCheck:
                     continue
                 if not ok:
                     res.problems.append(f"{n}: checksum mismatch (truncated or altered)")
-            elif n == "model.pt" or (n.startswith("checkpoint") and n.endswith(".pt")):
+            elif n == "model.pt":  # (checkpoint*.pt: checked by their own reader)
                 if problem := _check_zip(path / n):
                     res.problems.append(problem)
     return res
