@@ -118,6 +118,18 @@ def _runs_table(df, damaged=()) -> str:
     return "\n".join(out)
 
 
+def _write_rows(frame: pd.DataFrame, path: Path) -> None:
+    """tables/rows.csv. A large store's rows go through pyarrow's CSV writer (10x faster
+    than pandas'; strings quoted, booleans lower case: the same frame when read back)."""
+    if len(frame) < 200_000:
+        frame.to_csv(path, index=False)
+        return
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    pcsv.write_csv(pa.Table.from_pandas(frame, preserve_index=False), path)
+
+
 def build(results, out, data_dir=None, samples: bool = True, figures: bool = True) -> Path:
     """Write every table, figure and REPORT.md under ``out``; returns REPORT.md's path.
     ``samples=False`` skips the sample figures (no models loaded), ``figures=False``
@@ -134,7 +146,7 @@ def build(results, out, data_dir=None, samples: bool = True, figures: bool = Tru
 
     keep = [c for c in COLUMNS + ["status", "row", "cell", "setting", "experiment", "reduced",
                                   "train_steps"] if c in df]
-    df[keep].to_csv(tdir / "rows.csv", index=False)
+    _write_rows(df[keep], tdir / "rows.csv")
     summ.to_csv(tdir / "summary.csv", index=False)
 
     md = ["# Results report", ""]

@@ -138,5 +138,6 @@ def _label(runs: Runs) -> None:
     per_run["row"] = per_run["sig"].map(row_label)
     per_run["cell"] = pd.Series(cell)
     per_run = per_run.rename(columns={"steps": "train_steps"})
+    at = per_run.index.get_indexer(df["run_id"])  # one lookup per row, then takes
     for key in ("row", "cell", "setting", "experiment", "reduced", "train_steps"):
-        df[key] = df["run_id"].map(per_run[key])
+        df[key] = per_run[key].to_numpy()[at]

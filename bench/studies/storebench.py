@@ -133,7 +133,8 @@ def phase(code: str, *args) -> dict:
     res = subprocess.run([sys.executable, "-c", src, *map(str, args)], capture_output=True,
                          text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if res.returncode:
-        raise SystemExit(f"phase failed:\n{res.stderr[-2000:]}")
+        print(f"phase failed:\n{res.stderr[-2000:]}", file=sys.stderr, flush=True)
+        raise SystemExit(1)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
@@ -144,11 +145,19 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--evals", type=int, default=20)
     ap.add_argument("--baseline-runs", type=int, default=200)
     ap.add_argument("--out", default=None, help="also write the table to this Markdown file")
+    ap.add_argument("--store", default=None,
+                    help="build the synthetic store here and keep it (an existing one is "
+                         "reused as it is, parts removed)")
     a = ap.parse_args(argv)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-storebench-"))
+    tmp = Path(a.store) if a.store else Path(tempfile.mkdtemp(prefix="bench-storebench-"))
     try:
         t0 = time.perf_counter()
-        generate(tmp, a.runs, a.evals)
+        if (tmp / "runs").is_dir():
+            shutil.rmtree(tmp / "index", ignore_errors=True)
+            shutil.rmtree(tmp / "report", ignore_errors=True)
+            a.runs = sum(1 for _ in (tmp / "runs").glob("*/*/status.json"))
+        else:
+            generate(tmp, a.runs, a.evals)
         gen_s = time.perf_counter() - t0
         files = sum(1 for _ in (tmp / "runs").glob("*/*/rows-*.csv"))
         res = {"load (files)": phase(PHASES["load"], tmp)}
@@ -157,7 +166,8 @@ def main(argv: list[str]) -> int:
         res["load (compacted)"] = phase(PHASES["load"], tmp)
         res["report --tables-only"] = phase(PHASES["report"], tmp)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not a.store:
+            shutil.rmtree(tmp, ignore_errors=True)
     scale = a.runs / min(a.baseline_runs, a.runs)
     rows = res["load (files)"]["rows"]
     lines = [f"Synthetic store: {a.runs} finished runs x {a.evals + 1} evaluations, "
