@@ -20,8 +20,11 @@ class DamagedRunError(ValueError):
     """A damaged run met by ``load(strict=True)``."""
 
 
-def load(path="results", all_runs: bool = False, strict: bool = False) -> pd.DataFrame:
-    """Every recorded row under ``path`` as a tidy DataFrame (COLUMNS + status).
+def load(path="results", all_runs: bool = False, config: bool = False,
+         strict: bool = False) -> pd.DataFrame:
+    """Every recorded row under ``path`` as a tidy DataFrame (COLUMNS + status); with
+    ``config=True`` also one column per config key that varies between the runs
+    (dotted names: ``train.lr``, ``estimator.temperature``; bench.configcols).
 
     Where a config has several runs (an interrupted one and the one that completed
     it), only the finished run's rows are kept unless ``all_runs=True``. A value
@@ -73,6 +76,10 @@ def load(path="results", all_runs: bool = False, strict: bool = False) -> pd.Dat
         if not all_runs:
             df = df[df["run_id"].isin(_chosen_runs(runs))]
         df = df.reset_index(drop=True)
+    if config and len(df):
+        from ..configcols import attach  # (helper i13's module)
+
+        df = attach(df, root)
     df.attrs["damaged"] = [(str(p), what) for p, what in damaged]
     return df
 
