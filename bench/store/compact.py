@@ -49,6 +49,7 @@ def compact(root, min_runs: int = 1) -> tuple[Path | None, int]:
     frames = parse_rows(groups)
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
     df = df.sort_values(["config_hash", "run_id", "step"], kind="stable")
+    df["status"] = df["run_id"].map({r: st for r, (_, st) in runs.items()})
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pandas(df, preserve_index=False), buf)
     data = buf.getvalue()

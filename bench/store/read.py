@@ -63,17 +63,18 @@ def load(path="results", all_runs: bool = False, config: bool = False,
         if strict:
             raise DamagedRunError(f"damaged: {p}: {what}")
         log.warning(f"skipped damaged {p}: {what} (python -m bench store verify)")
-    loose = parse_rows(groups)
-    if not frames and not loose:
+    status_of = {r: st for r, (_, st) in statuses.items()}
+    frames = [f if "status" in f else f.assign(status=f["run_id"].map(status_of))
+              for f in frames + parse_rows(groups)]  # a part's rows carry their status
+    if not frames:
         df = pd.DataFrame(columns=COLUMNS + ["status"])
     else:
-        df = pd.concat(frames + loose, ignore_index=True)
-        if len(frames) + len(loose) > 1:  # the order of the run folders
+        df = pd.concat(frames, ignore_index=True)
+        if len(frames) > 1:  # the order of the run folders
             df = df.sort_values(["config_hash", "run_id", "step"], kind="stable")
         runs = pd.DataFrame([(r, h, st) for r, (h, st) in statuses.items()],
                             columns=["run_id", "config_hash", "status"])
-        df["status"] = df["run_id"].map(runs.set_index("run_id")["status"])
-        if not all_runs:
+        if not all_runs and runs["config_hash"].duplicated().any():
             df = df[df["run_id"].isin(_chosen_runs(runs))]
         df = df.reset_index(drop=True)
     if config and len(df):
