@@ -99,7 +99,7 @@ import json, sys, time
 from pathlib import Path
 import pandas as pd
 root, limit = Path(sys.argv[1]) / "runs", int(sys.argv[2])
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 frames, statuses = [], {}
 dirs = sorted(p for p in root.glob("*/*") if p.is_dir())[:limit]
 for run_dir in dirs:
@@ -113,18 +113,21 @@ seconds, rows = time.perf_counter() - t0, len(df)
 """
 
 PHASES = {
-    "load": "from bench.results import load\nt0 = time.perf_counter()\n"
+    "load": "from bench.results import load\nt0, c0 = time.perf_counter(), time.process_time()\n"
             "df = load(sys.argv[1])\nseconds, rows = time.perf_counter() - t0, len(df)\n",
-    "compact": "from bench.store.compact import compact\nt0 = time.perf_counter()\n"
+    "compact": "from bench.store.compact import compact\n"
+               "t0, c0 = time.perf_counter(), time.process_time()\n"
                "part, rows = compact(sys.argv[1])\nseconds = time.perf_counter() - t0\n",
-    "report": "from bench.report.page import build\nt0 = time.perf_counter()\n"
+    "report": "from bench.report.page import build\n"
+              "t0, c0 = time.perf_counter(), time.process_time()\n"
               "build(sys.argv[1], sys.argv[1] + '/report', samples=False, figures=False)\n"
               "seconds, rows = time.perf_counter() - t0, 0\n",
 }
 FOOTER = """
+cpu = time.process_time() - c0
 hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")]
 peak = hwm[0] / 1024 if hwm else float("nan")
-print(json.dumps({"seconds": seconds, "rows": int(rows), "peak_mb": peak}))
+print(json.dumps({"seconds": seconds, "cpu_s": cpu, "rows": int(rows), "peak_mb": peak}))
 """
 
 
@@ -173,16 +176,24 @@ def main(argv: list[str]) -> int:
     lines = [f"Synthetic store: {a.runs} finished runs x {a.evals + 1} evaluations, "
              f"{rows} rows in {files} rows files (written in {gen_s:.0f} s); "
              f"{platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}.",
-             "", "| phase | seconds | peak memory (MB) | rows |", "|---|---|---|---|"]
+             f"Load average when it started: {os.getloadavg()[0]:.1f} on "
+             f"{os.cpu_count()} CPUs (wall seconds move with it; CPU seconds of the "
+             f"process, all its threads, much less).",
+             "", "| phase | wall s | CPU s | peak memory (MB) | rows |", "|---|---|---|---|---|"]
     for name, r in res.items():
-        lines.append(f"| {name} | {r['seconds']:.2f} | {r['peak_mb']:.0f} | {r['rows']} |")
+        lines.append(f"| {name} | {r['seconds']:.2f} | {r['cpu_s']:.2f} | {r['peak_mb']:.0f} "
+                     f"| {r['rows']} |")
     old_n = old["seconds"] * scale
-    lines.append(f"| old reader, {min(a.baseline_runs, a.runs)} runs | {old['seconds']:.2f} | "
+    nb = min(a.baseline_runs, a.runs)
+    lines.append(f"| old reader, {nb} runs | {old['seconds']:.2f} | {old['cpu_s']:.2f} | "
                  f"{old['peak_mb']:.0f} | {old['rows']} |")
-    lines += ["", f"Old reader scaled to {a.runs} runs: {old_n:.0f} s "
-              f"({1000 * old['seconds'] / min(a.baseline_runs, a.runs):.1f} ms a run). "
-              f"load (compacted) is {old_n / res['load (compacted)']['seconds']:.0f}x faster, "
-              f"load (files) {old_n / res['load (files)']['seconds']:.1f}x; targets: load of "
+    old_c = old["cpu_s"] * scale
+    lc, lf = res["load (compacted)"], res["load (files)"]
+    lines += ["", f"Old reader scaled to {a.runs} runs: {old_n:.0f} s wall, {old_c:.0f} s CPU "
+              f"({1000 * old['seconds'] / nb:.1f} / {1000 * old['cpu_s'] / nb:.1f} ms a run). "
+              f"load (compacted) is {old_n / lc['seconds']:.0f}x faster in wall time "
+              f"({old_c / lc['cpu_s']:.0f}x in CPU time), load (files) "
+              f"{old_n / lf['seconds']:.1f}x ({old_c / lf['cpu_s']:.1f}x). Targets: load of "
               f"10,000 runs x 20 evaluations < 5 s, report --tables-only < 30 s."]
     text = "\n".join(lines) + "\n"
     print(text)
