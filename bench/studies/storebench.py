@@ -155,7 +155,8 @@ def main(argv: list[str]) -> int:
     tmp = Path(a.store) if a.store else Path(tempfile.mkdtemp(prefix="bench-storebench-"))
     try:
         t0 = time.perf_counter()
-        if (tmp / "runs").is_dir():
+        reused = (tmp / "runs").is_dir()
+        if reused:
             shutil.rmtree(tmp / "index", ignore_errors=True)
             shutil.rmtree(tmp / "report", ignore_errors=True)
             a.runs = sum(1 for _ in (tmp / "runs").glob("*/*/status.json"))
@@ -174,7 +175,8 @@ def main(argv: list[str]) -> int:
     scale = a.runs / min(a.baseline_runs, a.runs)
     rows = res["load (files)"]["rows"]
     lines = [f"Synthetic store: {a.runs} finished runs x {a.evals + 1} evaluations, "
-             f"{rows} rows in {files} rows files (written in {gen_s:.0f} s); "
+             f"{rows} rows in {files} rows files "
+             f"({'an existing store, reused' if reused else f'written in {gen_s:.0f} s'}); "
              f"{platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}.",
              f"Load average when it started: {os.getloadavg()[0]:.1f} on "
              f"{os.cpu_count()} CPUs (wall seconds move with it; CPU seconds of the "
