@@ -211,6 +211,12 @@ def cmd_run(args: list[str]) -> int:
         print(f"{how}: every row written so far is kept; run the same command again "
               "to resume (completed configs are skipped)", file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
+    except SystemExit as e:  # SIGTERM during training: a checkpoint was written first
+        if e.code != 128 + signal.SIGTERM:
+            raise
+        print("terminated (SIGTERM): every row written so far is kept, and a checkpoint; "
+              "run the same command again to resume", file=sys.stderr)
+        return 143
     finally:
         signal.signal(signal.SIGTERM, previous)
     _compact(c["results_dir"] for c in configs)
@@ -245,11 +251,14 @@ def _module_main(module: str):
 COMMANDS = {
     "run": (cmd_run, "train: one config, or a grid with -m (Hydra overrides)"),
     "report": (_module_main("report.page"), "tables, figures and REPORT.md from a store"),
+    "table1": (_module_main("report.table1"), "Jang et al. Table 1 from a store (REPORT.md)"),
     "check": (_module_main("gate.cli"), "gradient-variance regression gate (CI)"),
     "store": (_module_main("store.cli"), "check a results store (verify, --repair) or compact it"),
     "biasvar": (_module_main("studies.biasvar"), "bias/variance study on exact-gradient tasks"),
     "speed": (_module_main("studies.speed"), "training-step throughput against references"),
     "gradvar_cost": (_module_main("studies.gradvar_cost"), "cost of grad_var against a step"),
+    "evalcost": (_module_main("studies.evalcost"), "cost of the final test_nll, before/after"),
+    "table1_cost": (_module_main("studies.table1_cost"), "Jang Table 1: per-run cost of each cell"),
     "ssl_speedup": (_module_main("studies.ssl_speedup"),
                     "M2: sampled label against marginalisation, K = 10..100"),
     "ssl_select": (_module_main("studies.ssl_select"), "M2: alpha chosen on validation"),

@@ -22,10 +22,14 @@ class ConfigError(ValueError):
 # together) is recorded as one run per seed, each under the config of its single run
 NON_SEMANTIC = ("results_dir", "data_dir", "skip_complete", "progress", "threads", "seeds",
                 "flush_denormal", "store")
+# train.* keys that do not change the numbers either (a resumed run equals an uninterrupted one)
+NON_SEMANTIC_TRAIN = ("checkpoint_every",)
 
 
 def config_hash(cfg: dict) -> str:
     ident = {k: v for k, v in cfg.items() if k not in NON_SEMANTIC}
+    if isinstance(ident.get("train"), dict):
+        ident["train"] = {k: v for k, v in ident["train"].items() if k not in NON_SEMANTIC_TRAIN}
     return hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -94,6 +98,8 @@ def validate(cfg: dict) -> None:
         _int(cfg, "train.batch_size", 1)
         _pos_float(cfg, "train.lr")
         _int(cfg, "train.check_every", 1)
+        if "checkpoint_every" in cfg.get("train", {}):
+            _int(cfg, "train.checkpoint_every", 0)
         _int(cfg, "eval.every", 1)
         _int(cfg, "eval.batch_size", 1)
         _int(cfg, "eval.nll_samples", 0)
