@@ -20,6 +20,7 @@ from .config import (
     config_hash,
     validate,
 )
+from .counting import cost_metrics
 from .loop import StepClock, Trainer, evaluation_metrics, git_sha
 from .results import Run, Store
 
@@ -107,6 +108,7 @@ def _train(cfg: dict, h: str, store: Store, label: str) -> str:
             metrics["train_objective"] = obj_sum.item() / obj_count
             obj_sum, obj_count = torch.zeros((), device=device), 0
         metrics.update(clock.timing_metrics())
+        metrics.update(cost_metrics(trainer.counter.n, step))
         wall = clock.wall()
         if final:
             metrics["wall_s"] = wall
