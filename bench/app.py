@@ -21,3 +21,8 @@ def main(cfg: DictConfig) -> str:
     except ConfigError as e:  # already checked up front; kept for direct Hydra use
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:  # disk full, a folder gone or read-only: one line, not a traceback
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e} [Errno {e.errno}]; every row written so far "
+              "is kept", file=sys.stderr)
+        sys.exit(1)

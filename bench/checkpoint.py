@@ -145,11 +145,12 @@ def find(runs_dir: Path, config_hash: str, map_location=None) -> Resumable | Non
 
 
 def recorded_steps(run_dir: Path) -> set[int]:
-    """Steps whose rows the run has already written (``rows-<step>.csv``)."""
+    """Steps whose rows the run has already written (``rows-<step>-n<rows>-<sha>.csv``,
+    or ``rows-<step>.csv`` in older stores)."""
     out = set()
     for f in run_dir.glob("rows-*.csv"):
         try:
-            out.add(int(f.stem.split("-", 1)[1]))
+            out.add(int(f.stem.split("-")[1]))
         except ValueError:
             pass
     return out

@@ -39,7 +39,17 @@ def _split_args(args: list[str]) -> tuple[list[str], list[str], bool]:
     return flags, overrides, multirun
 
 
-def _check_group_choices(overrides: list[str]) -> None:
+def _config_dir(flags: list[str]):
+    """The folder given with --config-dir/-cd (searched after conf/), or None."""
+    from pathlib import Path
+
+    for i, f in enumerate(flags[:-1]):
+        if f in ("--config-dir", "-cd"):
+            return Path(flags[i + 1]).resolve()
+    return None
+
+
+def _check_group_choices(overrides: list[str], extra_dir=None) -> None:
     """One-line errors for unknown config-group options (estimator=foo, ...)."""
     from .config import ConfigError
     from .paths import CONF_DIR
@@ -48,8 +58,8 @@ def _check_group_choices(overrides: list[str]) -> None:
         key, sep, value = o.lstrip("+~").partition("=")
         if not sep or key not in GROUPS:
             continue
-        folder = CONF_DIR / key
-        allowed = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+        folders = [CONF_DIR / key] + ([extra_dir / key] if extra_dir else [])
+        allowed = sorted({p.stem for f in folders if f.is_dir() for p in f.glob("*.yaml")})
         if key == "hydra/launcher":
             continue  # Hydra's own plugins live outside conf/
         for v in _sweep_values(value):
@@ -73,8 +83,11 @@ def _check_seed_keys(overrides: list[str]) -> None:
         raise ConfigError("seeds=[...] replaces seed; give one or the other, not both")
 
 
-def job_configs(overrides: list[str], multirun: bool) -> list[dict]:
-    """Compose every job's config as Hydra will (sweeps expanded), resolved."""
+def job_configs(overrides: list[str], multirun: bool, check_code: bool = False,
+                extra_dir=None) -> list[dict]:
+    """Compose every job's config as Hydra will (sweeps expanded), resolved. With
+    ``check_code``, refuse a composed ``hydra`` node that would run code
+    (bench.trust). ``extra_dir``: a --config-dir, searched as Hydra will."""
     from hydra import compose, initialize_config_dir
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -84,12 +97,18 @@ def job_configs(overrides: list[str], multirun: bool) -> list[dict]:
     from .paths import CONF_DIR
 
     parser = OverridesParser.create()
+    if extra_dir is not None:
+        overrides = [f"hydra.searchpath=[file://{extra_dir}]", *overrides]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         plain = [s for s, o in zip(overrides, parser.parse_overrides(overrides))
                  if not o.is_sweep_override()]
         keys.check(plain, OmegaConf.to_container(compose(
             "config", overrides=keys.group_overrides(plain, CONF_DIR))), CONF_DIR)
         base = compose("config", overrides=plain, return_hydra_config=True)
+        if check_code:
+            from .trust import check_hydra_config
+
+            check_hydra_config(OmegaConf.to_container(base.hydra, resolve=False))
         # an experiment may set hydra.mode: MULTIRUN, making -m implicit
         multirun = multirun or str(OmegaConf.select(base, "hydra.mode")) == "RunMode.MULTIRUN"
         if not multirun:
@@ -125,45 +144,111 @@ def _one_line(e: Exception) -> str:
     return " ".join(lines[:2]) if len(lines) > 1 and len(lines[0]) < 40 else lines[0]
 
 
+def _writable(results_dirs) -> None:
+    """One line naming a results_dir that cannot be written (before Hydra makes its
+    log folder there and fails with a traceback)."""
+    import tempfile
+    from pathlib import Path
+
+    from .config import ConfigError
+
+    for d in sorted(set(results_dirs)):
+        try:
+            Path(d).mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=d):
+                pass
+        except OSError as e:
+            raise ConfigError(f"results_dir {d} is not writable: {e.strerror or e}") from None
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what Slurm sends at preemption), handled like Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def cmd_run(args: list[str]) -> int:
+    import os
+    import signal
+    import socket
+
     from .config import ConfigError
     from .jobs import validate
+    from .trust import allowed, check_flags_and_overrides
 
     flags, overrides, multirun = _split_args(args)
+    allow_code = allowed(flags)
+    flags = [f for f in flags if f != "--allow-code"]
     info_only = any(f in ("--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help",
                           "--shell-completion", "-sc") for f in flags)
-    if not info_only:
-        try:
-            _check_group_choices(overrides)
+    configs = []
+    try:
+        if not allow_code:
+            check_flags_and_overrides(flags, overrides)
+        if not info_only:
+            extra = _config_dir(flags)
+            _check_group_choices(overrides, extra)
             _check_seed_keys(overrides)
-            configs = job_configs(overrides, multirun)
+            configs = job_configs(overrides, multirun, check_code=not allow_code,
+                                  extra_dir=extra)
             for c in configs:
                 validate(c)
-        except ConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        except Exception as e:  # Hydra's own composition/override errors
-            print(f"error: {_one_line(e)}", file=sys.stderr)
-            return 2
-        if len(configs) > 1:
-            print(f"bench: {len(configs)} jobs checked; starting the grid", file=sys.stderr)
+            _writable(c["results_dir"] for c in configs)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # Hydra's own composition/override errors
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    if len(configs) > 1:
+        print(f"bench: {len(configs)} jobs checked; starting the grid", file=sys.stderr)
     from . import app
 
+    # each grid its own Hydra log folder (conf/config.yaml: hydra.run.dir, sweep.dir)
+    os.environ.setdefault("BENCH_RUN_ID", f"{socket.gethostname()}-{os.getpid()}")
     sys.argv = ["bench run", *flags, *overrides]
     if any(f in ("--shell-completion", "-sc") for f in flags):
         _completion_env()
         sys.argv[0] = "bench"  # the console command the completion script registers
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         app.main()
-    except KeyboardInterrupt:
-        print("interrupted: every row written so far is kept; run the same command again "
+    except KeyboardInterrupt as e:
+        how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"{how}: every row written so far is kept; run the same command again "
               "to resume (completed configs are skipped)", file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, Terminated) else 130
+    except SystemExit as e:  # SIGTERM during training: a checkpoint was written first
+        if e.code != 128 + signal.SIGTERM:
+            raise
+        print("terminated (SIGTERM): every row written so far is kept, and a checkpoint; "
+              "run the same command again to resume", file=sys.stderr)
+        return 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    _compact(c["results_dir"] for c in configs)
     if not info_only and len(configs) > 1:
         from .summary import grid_summary
 
         print(grid_summary(configs), file=sys.stderr)
     return 0
+
+
+def _compact(results_dirs) -> None:
+    """Compact the finished runs of each store the grid wrote (bench.store.compact),
+    once there are enough of them to be worth a part."""
+    from .store.compact import compact
+
+    for d in sorted(set(results_dirs)):
+        try:
+            part, n = compact(d, min_runs=20)
+        except OSError as e:  # the rows are safe in their run folders either way
+            print(f"bench: store not compacted ({e})", file=sys.stderr)
+            continue
+        if part is not None:
+            print(f"bench: compacted {n} finished runs into {part}", file=sys.stderr)
 
 
 def _completion_env() -> None:
@@ -197,6 +282,7 @@ COMMANDS = {
     "report": (_module_main("report.page"), "tables, figures and REPORT.md from a store"),
     "table1": (_module_main("report.table1"), "Jang et al. Table 1 from a store (REPORT.md)"),
     "check": (_module_main("gate.cli"), "gradient-variance regression gate (CI)"),
+    "store": (_module_main("store.cli"), "check a results store (verify, --repair) or compact it"),
     "biasvar": (_module_main("studies.biasvar"), "bias/variance study on exact-gradient tasks"),
     "speed": (_module_main("studies.speed"), "training-step throughput against references"),
     "gradvar_cost": (_module_main("studies.gradvar_cost"), "cost of grad_var against a step"),
@@ -205,6 +291,8 @@ COMMANDS = {
     "ssl_speedup": (_module_main("studies.ssl_speedup"),
                     "M2: sampled label against marginalisation, K = 10..100"),
     "ssl_select": (_module_main("studies.ssl_select"), "M2: alpha chosen on validation"),
+    "storebench": (_module_main("studies.storebench"),
+                   "load/report time and memory on a synthetic store of N runs"),
 }
 
 

@@ -21,7 +21,7 @@ class ConfigError(ValueError):
 # keys that do not change the numbers a run produces; ``seeds`` (several seeds trained
 # together) is recorded as one run per seed, each under the config of its single run
 NON_SEMANTIC = ("results_dir", "data_dir", "skip_complete", "progress", "threads", "seeds",
-                "flush_denormal", "logger")
+                "flush_denormal", "logger", "store")
 # train.* keys that do not change the numbers either (a resumed run equals an uninterrupted one)
 NON_SEMANTIC_TRAIN = ("checkpoint_every",)
 

@@ -167,6 +167,10 @@ def evaluation_metrics(task, est, data, ev: dict, seed: int, step: int, final: b
         if grad_m:
             gv = task.grad_variance(x_fixed, est, grad_m)
             metrics["grad_var"] = gv
-            metrics["log10_grad_var"] = math.log10(gv) if gv > 0 else -math.inf
-    metrics["temperature"] = getattr(est, "temperature", math.nan)
+            # a NaN variance stays NaN (never -inf, "the lowest"); the store keeps
+            # any non-finite value as a gap with a note
+            metrics["log10_grad_var"] = (math.log10(gv) if gv > 0 else
+                                         -math.inf if gv == 0 else math.nan)
+    if getattr(est, "temperature", None) is not None:  # estimators without one: no row
+        metrics["temperature"] = est.temperature
     return metrics

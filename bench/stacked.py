@@ -264,17 +264,30 @@ def run(cfg: dict) -> dict:
     store = Store(cfg["results_dir"])
     name = f"{cfg['estimator']['name']}|{cfg['task']['name']}|{cfg['dataset']['name']}"
     statuses, todo = {}, []
-    for s in cfg["seeds"]:
-        scfg = seed_config(cfg, s)
-        h = config_hash(scfg)
-        if cfg.get("skip_complete", True) and (done := store.status(h)):
-            log.info(f"[{name}|seed={s}] skipped: config {h} already {done} in {store.root}")
-            statuses[s] = "skipped"
-        else:
-            todo.append((s, scfg, h))
-    if not todo:
-        return statuses
+    skip = cfg.get("skip_complete", True)
+    stale_s = float((cfg.get("store") or {}).get("lock_stale_s", 300))
+    locks = []  # one per seed trained here, claimed before anything trains
+    try:
+        for s in cfg["seeds"]:
+            scfg = seed_config(cfg, s)
+            h = config_hash(scfg)
+            if skip and (done := store.status(h, log)):
+                log.info(f"[{name}|seed={s}] skipped: config {h} already {done} in {store.root}")
+                statuses[s] = "skipped"
+            elif (lock := store.claim(h, f"{name}|seed={s}", log, stale_s, skip)) is None:
+                statuses[s] = "skipped"
+            else:
+                locks.append(lock)
+                todo.append((s, scfg, h))
+        if not todo:
+            return statuses
+        return _train(cfg, store, name, statuses, todo)
+    finally:
+        for lock in locks:
+            lock.release()
 
+
+def _train(cfg: dict, store: Store, name: str, statuses: dict, todo: list) -> dict:
     device = check_device(str(cfg["device"]))
     apply_cpu_settings(cfg)
     data = datasets.load(cfg["dataset"], cfg.get("data_dir"), device)

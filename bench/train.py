@@ -40,10 +40,24 @@ def run(cfg: dict) -> str | dict:
     store = Store(cfg["results_dir"])
     label = (f"{cfg['estimator']['name']}|{cfg['task']['name']}|{cfg['dataset']['name']}"
              f"|seed={cfg['seed']}")
-    if cfg.get("skip_complete", True) and (done := store.status(h)):
+    if cfg.get("skip_complete", True) and (done := store.status(h, log)):
         log.info(f"[{label}] skipped: config {h} already {done} in {store.root}")
         return "skipped"
+    # one process per config: claimed before anything trains (or resumes)
+    lock = store.claim(h, label, log, lock_stale_s(cfg), cfg.get("skip_complete", True))
+    if lock is None:
+        return "skipped"
+    try:
+        return _train(cfg, h, store, label)
+    finally:
+        lock.release()
 
+
+def lock_stale_s(cfg: dict) -> float:
+    return float((cfg.get("store") or {}).get("lock_stale_s", 300))
+
+
+def _train(cfg: dict, h: str, store: Store, label: str) -> str:
     device = check_device(str(cfg["device"]))
     apply_cpu_settings(cfg)
     torch.manual_seed(int(cfg["seed"]))

@@ -242,7 +242,7 @@ def test_sigkill_then_rerun_resumes_bit_identically(tmp_path, straight):
     time.sleep(0.3)  # land somewhere after the checkpoint
     os.killpg(proc.pid, signal.SIGKILL)
     assert proc.wait(timeout=60) == -signal.SIGKILL
-    (run_dir,) = [d for d in (root / "runs").glob("*/*")]
+    (run_dir,) = [d for d in (root / "runs").glob("*/*") if d.is_dir()]
     assert not (run_dir / "status.json").exists()
     step = checkpoint.usable(run_dir, run_dir.parent.name)["step"]
     assert 0 < step < 3000
@@ -264,7 +264,7 @@ def test_sigterm_writes_a_checkpoint_exits_and_resumes_bit_identically(tmp_path,
     log = Path(f"{root}.first.log").read_text()
     assert "SIGTERM: checkpoint written at step" in log and "Traceback" not in log
     step = int(log.split("SIGTERM: checkpoint written at step ")[1].split(";")[0])
-    (run_dir,) = [d for d in (root / "runs").glob("*/*")]
+    (run_dir,) = [d for d in (root / "runs").glob("*/*") if d.is_dir()]
     assert checkpoint.read(run_dir / checkpoint.LATEST)["step"] == step
     proc = bench(root, "second")
     assert proc.wait(timeout=600) == 0

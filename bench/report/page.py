@@ -96,17 +96,46 @@ def _provenance(runs: Runs, df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _runs_table(df) -> str:
+def _runs_table(df, damaged=()) -> str:
     per_run = df.drop_duplicates("run_id")
     bad = per_run[per_run["status"] != "complete"]
-    if bad.empty:
-        return "Every run completed.\n"
-    lines = ["| row | estimator | seed | status | last step |", "|---|---|---|---|---|"]
-    for r in bad.itertuples():
-        last = df[df["run_id"] == r.run_id]["step"].max()
-        lines.append(f"| {r.row} | {r.cell} | {r.seed} | {r.status} | {last} |")
-    return ("Runs that did not complete are left out of the tables (gaps), listed here:\n\n"
-            + "\n".join(lines) + "\n")
+    gaps = df[df["note"].astype(str) != ""] if "note" in df else df.iloc[:0]
+    out = []
+    if bad.empty and not len(damaged):
+        out.append("Every run completed.\n")
+    elif not bad.empty:
+        last = df.groupby("run_id")["step"].max()
+        lines = ["| row | estimator | seed | status | last step |", "|---|---|---|---|---|"]
+        for r in bad.itertuples():
+            lines.append(f"| {r.row} | {r.cell} | {r.seed} | {r.status} | {last[r.run_id]} |")
+        out.append("Runs that did not complete are left out of the tables (gaps), listed "
+                   "here:\n\n" + "\n".join(lines) + "\n")
+    if len(damaged):
+        lines = [f"- `{p}`: {what}" for p, what in damaged]
+        out.append(f"{len(damaged)} damaged runs were not read (`python -m bench store verify` "
+                   "lists them; `--repair` moves them aside so that a re-run trains them "
+                   "again):\n\n" + "\n".join(lines) + "\n")
+    if len(gaps):
+        g = gaps.groupby(["row", "cell", "metric"], sort=False)["note"].agg(["first", "size"])
+        lines = [f"- {row} · {cell} · `{metric}`: {n} values stored as gaps ({note})"
+                 for (row, cell, metric), (note, n) in g.iterrows()
+                 if metric != "temperature"]
+        if lines:
+            out.append("Metrics that were not finite are gaps (never numbers) in the tables "
+                       "and figures:\n\n" + "\n".join(lines) + "\n")
+    return "\n".join(out)
+
+
+def _write_rows(frame: pd.DataFrame, path: Path) -> None:
+    """tables/rows.csv. A large store's rows go through pyarrow's CSV writer (10x faster
+    than pandas'; strings quoted, booleans lower case: the same frame when read back)."""
+    if len(frame) < 200_000:
+        frame.to_csv(path, index=False)
+        return
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    pcsv.write_csv(pa.Table.from_pandas(frame, preserve_index=False), path)
 
 
 def _is_experiment_file(name: str) -> bool:
@@ -139,7 +168,7 @@ def _build(results, out: Output, data_dir, samples: bool, figures: bool, budgets
 
     keep = [c for c in COLUMNS + ["status", "row", "cell", "setting", "experiment", "reduced",
                                   "train_steps"] if c in df]
-    tdir.write_csv("rows.csv", df[keep], index=False)
+    tdir.write("rows.csv", lambda t: _write_rows(df[keep], t))
     tdir.write_csv("summary.csv", summ, index=False)
 
     md = ["# Results report", ""]
@@ -160,7 +189,8 @@ def _build(results, out: Output, data_dir, samples: bool, figures: bool, budgets
                "the papers, on CPU, possibly fewer importance samples): they are **not** "
                "directly comparable with the published numbers beside them. The full-run "
                "commands are at the end of this page.", ""]
-    md += ["## Provenance", "", _provenance(runs, df), _runs_table(df), ""]
+    md += ["## Provenance", "", _provenance(runs, df),
+           _runs_table(df, runs.damaged), ""]
 
     main, main_nums = table(summ, info, None)
     write_table(main, main_nums, tdir, "main",

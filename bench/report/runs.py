@@ -14,7 +14,7 @@ from ..results import load
 
 # config keys that do not change a run's numbers (nor its row)
 _NOT_IN_ROW = {"results_dir", "data_dir", "skip_complete", "progress", "threads", "device",
-               "seed", "estimator", "flush_denormal", "logger"}
+               "seed", "estimator", "flush_denormal", "logger", "store"}
 _NOT_IN_ROW_TRAIN = {"save_model", "check_every"}
 
 
@@ -26,6 +26,7 @@ class Runs:
     configs: dict = field(default_factory=dict)   # run_id -> resolved config
     dirs: dict = field(default_factory=dict)      # run_id -> run folder
     meta: dict = field(default_factory=dict)      # run_id -> meta.json
+    damaged: list = field(default_factory=list)   # (path, problem) of runs not read
 
 
 def _row_signature(cfg: dict) -> str:
@@ -64,7 +65,7 @@ def load_runs(path) -> Runs:
 
     rows = load(path)
     root = path / "runs" if (path / "runs").is_dir() else path
-    runs = Runs(rows=rows)
+    runs = Runs(rows=rows, damaged=list(rows.attrs.get("damaged", [])))
     for mf in root.glob("*/*/meta.json"):
         try:
             meta = json.loads(mf.read_text())
@@ -86,18 +87,20 @@ def _label(runs: Runs) -> None:
             df[c] = pd.Series(dtype=str)
         df["reduced"] = pd.Series(dtype=bool)
         return
+    # one pass over the rows: each run's first row and last step
+    firsts = df.drop_duplicates("run_id").set_index("run_id")
+    last_step = df.groupby("run_id")["step"].max()
     info = {}
-    for rid in df["run_id"].unique():
+    for rid, first in zip(firsts.index, firsts.itertuples()):
         cfg = runs.configs.get(rid, {})
         rep = _report_node(cfg)
-        first = df[df["run_id"] == rid].iloc[0]
-        steps = (cfg.get("train") or {}).get("steps", df.loc[df["run_id"] == rid, "step"].max())
-        info[rid] = dict(sig=_row_signature(cfg) if cfg else f"{first['task']}|{first['dataset']}",
-                         task=str(first["task"]), dataset=str(first["dataset"]), steps=int(steps),
+        steps = (cfg.get("train") or {}).get("steps", last_step[rid])
+        info[rid] = dict(sig=_row_signature(cfg) if cfg else f"{first.task}|{first.dataset}",
+                         task=str(first.task), dataset=str(first.dataset), steps=int(steps),
                          setting=str(rep.get("setting", "")),
                          experiment=str(rep.get("experiment", "")),
                          reduced=bool(rep.get("reduced", False)),
-                         est=str(first["estimator"]),
+                         est=str(first.estimator),
                          est_opts=json.dumps({k: v for k, v in (cfg.get("estimator") or {}).items()
                                               if k != "name"}, sort_keys=True, default=str))
     # row labels: task (experiment, steps); a hash suffix only where two rows collide
@@ -115,10 +118,13 @@ def _label(runs: Runs) -> None:
     row_label = {s: (b if counts[b] == 1 else f"{b} #{s[:6]}") for s, b in base.items()}
     # cell labels: the estimator's name, plus its options where a row holds several
     cell = {}
-    for sig in by_sig:
-        members = [(rid, i) for rid, i in info.items() if i["sig"] == sig]
+    members_of = {}
+    for rid, i in info.items():
+        members_of.setdefault(i["sig"], []).append((rid, i))
+    for members in members_of.values():
         for est in {i["est"] for _, i in members}:
             variants = sorted({i["est_opts"] for _, i in members if i["est"] == est})
+            others = [json.loads(v) for v in variants]
             for rid, i in members:
                 if i["est"] != est:
                     continue
@@ -126,11 +132,12 @@ def _label(runs: Runs) -> None:
                     cell[rid] = est
                 else:
                     mine = json.loads(i["est_opts"])
-                    others = [json.loads(v) for v in variants]
                     diff = sorted(k for k in mine if any(o.get(k) != mine[k] for o in others))
                     cell[rid] = est + "[" + ",".join(f"{k}={mine[k]}" for k in diff) + "]"
-    df["row"] = df["run_id"].map(lambda r: row_label[info[r]["sig"]])
-    df["cell"] = df["run_id"].map(cell)
-    for key in ("setting", "experiment", "reduced"):
-        df[key] = df["run_id"].map(lambda r, k=key: info[r][k])
-    df["train_steps"] = df["run_id"].map(lambda r: info[r]["steps"])
+    per_run = pd.DataFrame.from_dict(info, orient="index")
+    per_run["row"] = per_run["sig"].map(row_label)
+    per_run["cell"] = pd.Series(cell)
+    per_run = per_run.rename(columns={"steps": "train_steps"})
+    at = per_run.index.get_indexer(df["run_id"])  # one lookup per row, then takes
+    for key in ("row", "cell", "setting", "experiment", "reduced", "train_steps"):
+        df[key] = per_run[key].to_numpy()[at]

@@ -34,7 +34,10 @@ def _load_task(runs: Runs, rid: str, data_dir, cache: dict):
     if isinstance(data, str):
         return None, None, data
     task = tasks.build(cfg["task"], data, "cpu")
-    task.load_state_dict(torch.load(model, map_location="cpu", weights_only=True))
+    try:  # a truncated or foreign file leaves a gap, never an error
+        task.load_state_dict(torch.load(model, map_location="cpu", weights_only=True))
+    except Exception as e:  # noqa: BLE001
+        return None, None, f"{model} not loaded ({(str(e).splitlines() or [''])[0][:80]})"
     task.eval()
     return task, data, ""
 

@@ -22,6 +22,19 @@ def mean_ci(values, level: float = 0.95) -> tuple[float, float, int]:
     return float(v.mean()), float(half), n
 
 
+def ci_halfwidth(sd, n, level: float = 0.95):
+    """Half-widths of Student-t intervals from per-group sd (ddof=1) and counts; nan
+    where n < 2 (vectorised ``mean_ci``)."""
+    import numpy as np
+    from scipy import stats
+
+    n = np.asarray(n, dtype=float)
+    sd = np.asarray(sd, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        half = stats.t.ppf(0.5 + level / 2, np.maximum(n - 1, 1)) * sd / np.sqrt(n)
+    return np.where(n >= 2, half, np.nan)
+
+
 def final_rows(df: pd.DataFrame) -> pd.DataFrame:
     """Each run's rows at its last evaluated step."""
     last = df.groupby("run_id")["step"].transform("max")
