@@ -20,6 +20,7 @@ from .config import (
     validate,
 )
 from .loop import StepClock, Trainer, evaluation_metrics, git_sha
+from .optim import optimizer_options
 from .results import Store
 
 log = logging.getLogger("bench")
@@ -49,7 +50,8 @@ def run(cfg: dict) -> str | dict:
     task = tasks.build(cfg["task"], data, device)
     est = build_estimator(cfg)
     est.check_latents(*task.latent_shape)
-    trainer = Trainer(task, est, data, int(cfg["train"]["batch_size"]), float(cfg["train"]["lr"]))
+    trainer = Trainer(task, est, data, int(cfg["train"]["batch_size"]), float(cfg["train"]["lr"]),
+                      optimizer_options(cfg["train"]))
 
     meta = {"estimator": cfg["estimator"]["name"], "task": cfg["task"]["name"],
             "dataset": cfg["dataset"]["name"], "seed": cfg["seed"],
