@@ -93,6 +93,11 @@ class Estimator:
       task), ``"concrete"`` (the estimator computes the relaxed KL, ``relaxed_kl``)
       or ``"sampled"`` (the task puts log q(z) - log p(z) inside f: multi-sample
       objectives such as VIMCO's importance-weighted bound).
+
+    ``logit_scale`` (an instance value, 1 unless the estimator rescales): the
+    positive factor the last call divided the gradient reaching the logits by
+    (variance normalisation, ``estimators._normalize``); for an ``unbiased``
+    estimator, ``logit_scale`` times that gradient is unbiased.
     """
 
     name: ClassVar[str] = "?"
@@ -101,6 +106,7 @@ class Estimator:
     hard_forward: ClassVar[bool] = False
     binary_only: ClassVar[bool] = False
     kl: ClassVar[str] = "categorical"
+    logit_scale: float = 1.0
 
     def __init__(self):
         self.training = True  # False: stateful estimators freeze their state
