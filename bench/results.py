@@ -99,8 +99,10 @@ class Run:
                      json.dumps({"status": status, "time": time.time(), **info}))
 
 
-def load(path="results", all_runs: bool = False) -> pd.DataFrame:
-    """Every recorded row under ``path`` as a tidy DataFrame (COLUMNS + status)."""
+def load(path="results", all_runs: bool = False, config: bool = False) -> pd.DataFrame:
+    """Every recorded row under ``path`` as a tidy DataFrame (COLUMNS + status); with
+    ``config=True`` also one column per config key that varies between the runs
+    (dotted names: ``train.lr``, ``estimator.temperature``; bench.configcols)."""
     root = Path(path)
     runs = root / "runs" if (root / "runs").is_dir() else root
     frames, statuses = [], {}
@@ -116,7 +118,12 @@ def load(path="results", all_runs: bool = False) -> pd.DataFrame:
     df["status"] = df["run_id"].map(statuses)
     if not all_runs:
         df = df[df["run_id"].isin(_chosen_runs(df))]
-    return df.reset_index(drop=True)
+    df = df.reset_index(drop=True)
+    if config:
+        from .configcols import attach
+
+        df = attach(df, root)
+    return df
 
 
 def _chosen_runs(df: pd.DataFrame) -> set[str]:
