@@ -115,8 +115,8 @@ def build(results, out, data_dir=None, samples: bool = True, figures: bool = Tru
     info = row_info(df) if not df.empty else pd.DataFrame(columns=["published"])
     rows = list(info.index)
 
-    keep = [c for c in COLUMNS + ["status", "row", "cell", "setting", "experiment", "reduced",
-                                  "train_steps"] if c in df]
+    keep = [c for c in COLUMNS + ["status", "row", "cell", "setting", "experiment", "protocol",
+                                  "reduced", "train_steps"] if c in df]
     df[keep].to_csv(tdir / "rows.csv", index=False)
     summ.to_csv(tdir / "summary.csv", index=False)
 

@@ -50,7 +50,8 @@ def load_runs(path) -> Runs:
     path = Path(path)
     if path.is_file():
         rows = pd.read_csv(path, dtype={"git_sha": str, "config_hash": str, "run_id": str})
-        for col, default in (("setting", ""), ("experiment", ""), ("reduced", False),
+        for col, default in (("setting", ""), ("experiment", ""), ("protocol", ""),
+                             ("reduced", False),
                              ("status", "complete")):
             if col not in rows:
                 rows[col] = default
@@ -82,7 +83,7 @@ def _label(runs: Runs) -> None:
     """Attach row / cell / setting / experiment / reduced columns to runs.rows."""
     df = runs.rows
     if df.empty:
-        for c in ("row", "cell", "setting", "experiment"):
+        for c in ("row", "cell", "setting", "experiment", "protocol"):
             df[c] = pd.Series(dtype=str)
         df["reduced"] = pd.Series(dtype=bool)
         return
@@ -96,6 +97,7 @@ def _label(runs: Runs) -> None:
                          task=str(first["task"]), dataset=str(first["dataset"]), steps=int(steps),
                          setting=str(rep.get("setting", "")),
                          experiment=str(rep.get("experiment", "")),
+                         protocol=str(rep.get("protocol", "")),
                          reduced=bool(rep.get("reduced", False)),
                          est=str(first["estimator"]),
                          est_opts=json.dumps({k: v for k, v in (cfg.get("estimator") or {}).items()
@@ -108,7 +110,8 @@ def _label(runs: Runs) -> None:
         where = i["experiment"] or i["setting"] or i["dataset"]
         if i["setting"] and not where.startswith(i["setting"]):
             where = f"{i['setting']}, {where}"  # e.g. the architecture of a grid
-        return f"{i['task']} ({where}, {_steps_label(i['steps'])} steps)"
+        proto = f", protocol {i['protocol']}" if i["protocol"] else ""  # report.protocol
+        return f"{i['task']} ({where}, {_steps_label(i['steps'])} steps{proto})"
 
     base = {s: describe(i) for s, i in by_sig.items()}
     counts = pd.Series(list(base.values())).value_counts()
@@ -131,6 +134,6 @@ def _label(runs: Runs) -> None:
                     cell[rid] = est + "[" + ",".join(f"{k}={mine[k]}" for k in diff) + "]"
     df["row"] = df["run_id"].map(lambda r: row_label[info[r]["sig"]])
     df["cell"] = df["run_id"].map(cell)
-    for key in ("setting", "experiment", "reduced"):
+    for key in ("setting", "experiment", "protocol", "reduced"):
         df[key] = df["run_id"].map(lambda r, k=key: info[r][k])
     df["train_steps"] = df["run_id"].map(lambda r: info[r]["steps"])
