@@ -92,7 +92,13 @@ class Estimator:
     * ``kl``: ``"categorical"`` (analytic KL of the discrete model, added by the
       task), ``"concrete"`` (the estimator computes the relaxed KL, ``relaxed_kl``)
       or ``"sampled"`` (the task puts log q(z) - log p(z) inside f: multi-sample
-      objectives such as VIMCO's importance-weighted bound).
+      objectives such as VIMCO's importance-weighted bound);
+    * ``noise``: what the estimate is a deterministic function of, for biased
+      estimators whose own expectation the generic tests compute: ``"sample"``
+      (the one-hot z ~ q: E[g] = sum_z q(z) g(z), by enumeration) or ``"gumbel"``
+      (the Gumbel noise G: E[g] = E_G g(G), by quadrature for K = 2). Such an
+      estimator implements ``estimate_given(logits, f, noise)`` and its
+      ``estimate`` is ``estimate_given`` at a fresh draw of that noise.
 
     ``logit_scale`` (an instance value, 1 unless the estimator rescales): the
     positive factor the last call divided the gradient reaching the logits by
@@ -106,6 +112,7 @@ class Estimator:
     hard_forward: ClassVar[bool] = False
     binary_only: ClassVar[bool] = False
     kl: ClassVar[str] = "categorical"
+    noise: ClassVar[str | None] = None
     logit_scale: float = 1.0
 
     def __init__(self):
@@ -127,6 +134,11 @@ class Estimator:
         return self.estimate(logits, f)
 
     def estimate(self, logits: Tensor, f: LossFn) -> EstimatorOutput:
+        raise NotImplementedError
+
+    def estimate_given(self, logits: Tensor, f: LossFn, noise: Tensor) -> EstimatorOutput:
+        """The estimate at fixed noise (see ``noise``): a one-hot sample (B, N, K)
+        for ``noise = "sample"``, Gumbel noise (B, N, K) for ``"gumbel"``."""
         raise NotImplementedError
 
     # --- hooks used by the runner ------------------------------------------

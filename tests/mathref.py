@@ -9,6 +9,12 @@ import itertools
 import torch
 
 
+def all_one_hot_states(n: int, k: int, dtype=torch.float64) -> torch.Tensor:
+    """Every joint state of N K-way variables as one-hot, shape (K^N, N, K)."""
+    idx = torch.tensor(list(itertools.product(range(k), repeat=n)))
+    return torch.nn.functional.one_hot(idx.reshape(-1, n), k).to(dtype)
+
+
 def exact_objective(logits: torch.Tensor, f) -> torch.Tensor:
     """mean_b sum_s q_b(s) f(s)_b by explicit enumeration (float64 friendly)."""
     b, n, k = logits.shape

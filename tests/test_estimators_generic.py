@@ -16,7 +16,7 @@ import torch
 import yaml
 
 import estimators
-from tests.mathref import exact_objective, relaxed_objective_k2
+from tests.mathref import all_one_hot_states, exact_objective, relaxed_objective_k2
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "estimator"
 NAMES = estimators.names()
@@ -224,3 +224,96 @@ def test_quadrature_check_has_power_against_the_wrong_temperature():
     gl, _ = per_copy_gradients(make("gumbel_softmax", temperature=0.5), logits, w, m=40000)
     el, _ = exact_gradients(logits, w, lambda lg, f: relaxed_objective_k2(lg, f, 1.0))
     assert z_test(gl, el) > 2 * Z_MAX
+
+
+# --- biased estimators: their own expectation, by enumeration or quadrature -----
+
+SAMPLE_NOISE = [n for n in NAMES if estimators.get_class(n).noise == "sample"]
+GUMBEL_NOISE = [n for n in NAMES if estimators.get_class(n).noise == "gumbel"]
+
+
+def _rowwise_gradients(est, big, noise, m, b):
+    """Per-row gradients of ``est.estimate_given`` on m stacked copies of a batch
+    of b examples (row r = copy r // b, example r % b): each row's own estimate
+    of d/d(logits_r, w) for that example, (m*b, N, K) and (m*b,)."""
+    big = big.detach().clone().requires_grad_(True)
+    ws = W0.repeat(m * b).requires_grad_(True)
+    out = est.estimate_given(big, lambda z: objective(z, ws), noise)
+    out.surrogate.backward()
+    return big.grad * m * b, ws.grad * m * b
+
+
+W0 = torch.tensor(0.7, dtype=torch.float64)
+
+
+def expectation_by_enumeration(est, logits):
+    """E[g] = sum_z q(z) g(z) for an estimator whose estimate is a function of the
+    one-hot sample z (per example of the batch): every joint state as one copy."""
+    b, n, k = logits.shape
+    states = all_one_hot_states(n, k, logits.dtype)  # (S, N, K)
+    s = states.shape[0]
+    z = states.repeat_interleave(b, 0)  # row r: state r // b
+    big = logits.repeat(s, 1, 1)  # row r: example r % b
+    gl, gw = _rowwise_gradients(est, big, z, s, b)
+    q = (torch.log_softmax(big, -1) * z).sum((-1, -2)).exp()  # q_b(state) per row
+    el = (q[:, None, None] * gl).view(s, b, n, k).sum(0) / b  # the batch-mean gradient
+    ew = (q * gw).sum() / b
+    return el, ew
+
+
+def expectation_by_quadrature(est, logits, points=200001, bound=40.0):
+    """E_G[g(G)] for B = N = 1, K = 2: g depends on G only through the logistic
+    difference L = G_1 - G_0, so G = (0, L) with L on a trapezoid grid."""
+    assert logits.shape == (1, 1, 2)
+    grid = torch.linspace(-bound, bound, points, dtype=torch.float64)
+    weight = torch.sigmoid(grid) * torch.sigmoid(-grid)  # logistic density
+    weight = weight * (grid[1] - grid[0])
+    weight[0] = weight[-1] = weight[0] / 2
+    noise = torch.stack([torch.zeros_like(grid), grid], -1)[:, None, :]  # (U, 1, 2)
+    gl, gw = _rowwise_gradients(est, logits.repeat(points, 1, 1), noise, points, 1)
+    return (weight[:, None, None] * gl).sum(0, keepdim=True), (weight * gw).sum()
+
+
+@pytest.mark.parametrize("name", SAMPLE_NOISE)
+@pytest.mark.parametrize("k,n", [(3, 2), (2, 3)])
+def test_matches_its_own_expectation_by_enumeration(name, k, n):
+    if k not in ks_for(name):
+        pytest.skip("binary-only")
+    torch.manual_seed(3)
+    logits = logits_for(k, n=n)
+    gl, gw = per_copy_gradients(make(name), logits, W0, m=20000)
+    el, ew = expectation_by_enumeration(make(name), logits)
+    assert z_test(gl, el) < Z_MAX
+    assert z_test(gw[:, None], ew[None]) < Z_MAX
+
+
+@pytest.mark.parametrize("name", GUMBEL_NOISE)
+@pytest.mark.parametrize("tau", [0.5, 1.0])
+def test_matches_its_own_expectation_by_quadrature(name, tau):
+    torch.manual_seed(4)
+    est = make(name, temperature=tau)
+    logits = torch.tensor([[[0.4, -0.3]]], dtype=torch.float64)
+    gl, gw = per_copy_gradients(est, logits, W0, m=40000)
+    el, ew = expectation_by_quadrature(est, logits)
+    assert z_test(gl, el) < Z_MAX
+    assert z_test(gw[:, None], ew[None]) < Z_MAX
+
+
+def test_own_expectation_checks_have_power_against_a_wrong_variant():
+    """The enumeration check rejects gst's estimates against plain
+    straight-through's expectation, and against gst's with another gap; the
+    quadrature check rejects decoupled_st at tau_b = 0.5 against tau_b = 1 and
+    against another forward temperature."""
+    logits = logits_for(3)
+    torch.manual_seed(3)
+    gl, _ = per_copy_gradients(make("gst"), logits, W0, m=20000)
+    for wrong in (make("straight_through"), make("gst", gap=3.0)):
+        el, _ = expectation_by_enumeration(wrong, logits)
+        assert z_test(gl, el) > 3 * Z_MAX, wrong.name
+    logits = torch.tensor([[[0.4, -0.3]]], dtype=torch.float64)
+    torch.manual_seed(4)
+    gl, _ = per_copy_gradients(make("decoupled_st", temperature=0.5), logits, W0, m=40000)
+    for wrong in (make("decoupled_st", temperature=1.0),
+                  make("decoupled_st", temperature=0.5, forward_temperature=0.5)):
+        el, _ = expectation_by_quadrature(wrong, logits)
+        assert z_test(gl, el) > 2 * Z_MAX
