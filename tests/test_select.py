@@ -137,6 +137,12 @@ def test_protocol_and_by_keys_make_rows(tmp_path, capsys):
     assert len(pd.read_csv(out / "selected.csv")) == 4 and (out / "grid.csv").exists()
 
 
+def test_the_protocol_is_shown_even_where_every_run_has_the_same(tmp_path, capsys):
+    put(Store(tmp_path), lr=1e-3, seed=0, valid=100.0, test=100.0, protocol="jang2017-sgd")
+    assert main([str(tmp_path)]) == 0
+    assert "| protocol |" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("args,key", [
     (["--metric", "valid_accuracy"], "valid_accuracy"),
     (["--metric", "test_neg_elbo"], "test_neg_elbo"),

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..configcols import attach, flatten, run_configs, varying
 from ..results import load
 from .stats import mean_ci
 
@@ -232,9 +233,14 @@ def select_store(root, metric: str = "valid_neg_elbo", maximize: bool = False,
     if metric.startswith("test_"):
         raise SelectError(f"--metric {metric}: select chooses on validation (or training) "
                           f"metrics; test metrics are only reported")
-    df = load(root, config=True)
+    df = load(root)
     if df.empty:
         raise SelectError(f"no runs under {root}")
+    configs = run_configs(root, df["run_id"].unique())
+    keys = varying(configs)
+    if PROTOCOL not in keys and any(flatten(c).get(PROTOCOL) for c in configs.values()):
+        keys.append(PROTOCOL)  # the protocol is always shown where runs have one
+    df = attach(df, root, keys)
     metrics = sorted(df["metric"].unique())
     if metric not in metrics:
         raise SelectError(f"metric {metric!r} is not in {root} (it has: {', '.join(metrics)})")
