@@ -71,6 +71,9 @@ def test_ties_go_to_more_seeds_then_the_smaller_value(tmp_path):
     t = table(tmp_path)
     assert t.loc["reinforce", "chosen"] == "train.lr=0.001"  # equal: the smaller lr
     assert t.loc["nvil", "chosen"] == "train.lr=0.0001"  # equal: the one with more seeds
+    notes = select_store(tmp_path)[3]
+    assert any(n.startswith("categorical_vae · binarized_mnist · nvil") and "unequal" in n
+               for n in notes) and not any("· reinforce" in n for n in notes)
 
 
 def test_one_setting_is_its_own_choice(tmp_path):

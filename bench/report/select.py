@@ -22,6 +22,8 @@ Rules a reader needs:
 * a run that diverged scores worst (it counts as +inf, or -inf with
   ``--maximize``), so a setting with a diverged seed is chosen only when every
   setting has one; incomplete runs are left out (and counted in the notes);
+* settings of a row with unequal numbers of seeds (a grid still running) are
+  named in the notes under the table;
 * a numeric swept key whose chosen value is the smallest or largest tried is
   flagged ``edge``: the grid does not show that a value beyond it is worse;
 * test metrics of the chosen setting: mean and 95% Student-t half-width over its
@@ -268,6 +270,13 @@ def select_store(root, metric: str = "valid_neg_elbo", maximize: bool = False,
     if chosen.empty:
         raise SelectError(f"no complete run with {metric} under {root}")
     table = summary(chosen, row_keys, metric, test_metrics)
+    for rk, g in settings.groupby(row_keys, dropna=False, sort=True):
+        if g["seeds"].nunique() > 1:  # e.g. a grid still running
+            rk = rk if isinstance(rk, tuple) else (rk,)
+            label = " · ".join(_val(v) for v in rk if not (isinstance(v, float) and math.isnan(v)))
+            notes.append(f"{label}: the settings have unequal numbers of seeds "
+                         f"({', '.join(str(n) for n in g['seeds'])}), so their means are over "
+                         f"different seeds")
     return table, chosen, settings, notes, row_keys, test_metrics
 
 
