@@ -22,6 +22,8 @@ class ConfigError(ValueError):
 # together) is recorded as one run per seed, each under the config of its single run
 NON_SEMANTIC = ("results_dir", "data_dir", "skip_complete", "progress", "threads", "seeds",
                 "flush_denormal")
+# train.* keys that do not change the numbers either (a resumed run equals an uninterrupted one)
+NON_SEMANTIC_TRAIN = ("checkpoint_every",)
 
 
 # keys added after runs were stored: at these values they are left out of the identity,
@@ -32,6 +34,8 @@ ADDED_DEFAULTS = {"train": {"optimizer": "adam", "momentum": 0.0, "nesterov": Fa
 
 def config_hash(cfg: dict) -> str:
     ident = {k: v for k, v in cfg.items() if k not in NON_SEMANTIC}
+    if isinstance(ident.get("train"), dict):
+        ident["train"] = {k: v for k, v in ident["train"].items() if k not in NON_SEMANTIC_TRAIN}
     for group, defaults in ADDED_DEFAULTS.items():
         if isinstance(ident.get(group), dict):
             ident[group] = {k: v for k, v in ident[group].items()
@@ -146,6 +150,8 @@ def validate(cfg: dict) -> None:
         _pos_float(cfg, "train.lr")
         _check_optimizer(_get(cfg, "train"))
         _int(cfg, "train.check_every", 1)
+        if "checkpoint_every" in cfg.get("train", {}):
+            _int(cfg, "train.checkpoint_every", 0)
         _int(cfg, "eval.every", 1)
         _int(cfg, "eval.batch_size", 1)
         _int(cfg, "eval.nll_samples", 0)

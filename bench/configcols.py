@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import ADDED_DEFAULTS, NON_SEMANTIC
+from .config import ADDED_DEFAULTS, NON_SEMANTIC, NON_SEMANTIC_TRAIN
 
 # dotted keys the tidy rows already have as columns
 _AS_COLUMNS = {"estimator.name", "task.name", "dataset.name", "seed", "device"}
@@ -40,7 +40,8 @@ def flatten(cfg: dict, prefix: str = "") -> dict:
 
 
 def _skipped(key: str) -> bool:
-    return key in _AS_COLUMNS or key.split(".")[0] in NON_SEMANTIC
+    return (key in _AS_COLUMNS or key.split(".")[0] in NON_SEMANTIC
+            or key in {f"train.{k}" for k in NON_SEMANTIC_TRAIN})
 
 
 def _defaults() -> dict:

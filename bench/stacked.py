@@ -306,6 +306,9 @@ def run(cfg: dict) -> dict:
 
     tr, ev = cfg["train"], cfg["eval"]
     steps, bs = int(tr["steps"]), trainer.batch_size
+    if 0 < int(tr.get("checkpoint_every", 0) or 0) < steps:
+        log.info(f"[{name}] seeds=[...] runs are not checkpointed: an interrupted one starts "
+                 f"again from step 0 (train one seed per process to resume mid-run)")
     check_every = int(tr.get("check_every", 1))
     every = int(ev["every"])
     grad_m = int(ev.get("grad_samples", 0))

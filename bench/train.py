@@ -11,6 +11,7 @@ import torch
 import tasks
 from tasks import datasets
 
+from . import checkpoint
 from .config import (
     ConfigError,
     apply_cpu_settings,
@@ -21,10 +22,9 @@ from .config import (
 )
 from .loop import StepClock, Trainer, evaluation_metrics, git_sha
 from .optim import optimizer_options
-from .results import Store
+from .results import Run, Store
 
 log = logging.getLogger("bench")
-
 
 
 def run(cfg: dict) -> str | dict:
@@ -58,8 +58,16 @@ def run(cfg: dict) -> str | dict:
             "temperature": est.describe().get("temperature", math.nan),
             "device": str(device), "git_sha": git_sha(), "config": cfg,
             "torch": torch.__version__, "threads": torch.get_num_threads()}
-    rec = store.start(h, meta)
-    log.info(f"[{label}] run {rec.run_id} -> {rec.dir}")
+    ckpt_every = int(cfg["train"].get("checkpoint_every", 0) or 0)
+    resume = checkpoint.find(store.runs, h, device)
+    if resume is not None:
+        rec = Run(resume.run_dir, resume.run_id, h, resume.meta)
+        if resume.meta.get("git_sha") != meta["git_sha"]:
+            log.warning(f"[{label}] resuming run {rec.run_id} started at code version "
+                        f"{resume.meta.get('git_sha')}; this process runs {meta['git_sha']}")
+    else:
+        rec = store.start(h, meta)
+        log.info(f"[{label}] run {rec.run_id} -> {rec.dir}")
 
     tr, ev = cfg["train"], cfg["eval"]
     steps, bs = int(tr["steps"]), trainer.batch_size
@@ -70,9 +78,17 @@ def run(cfg: dict) -> str | dict:
     clock = StepClock(device, steps, float(cfg.get("progress", {}).get("every_s", 10)))
     obj_sum = torch.zeros((), device=device)
     obj_count = 0
+    start, recorded = 0, set()
+    if resume is not None:
+        obj_sum, obj_count = checkpoint.restore(resume.state, task, est, trainer, clock)
+        start, recorded = resume.step, checkpoint.recorded_steps(rec.dir)
+        log.info(f"[{label}] resumed run {rec.run_id} from its checkpoint at step {start}")
 
     def evaluate(step: int, final: bool = False) -> None:
         nonlocal obj_sum, obj_count
+        if step in recorded:  # written by the process that was stopped after its checkpoint
+            obj_sum, obj_count = torch.zeros((), device=device), 0
+            return
         metrics = evaluation_metrics(task, est, data, ev, int(cfg["seed"]), step, final,
                                      x_fixed, grad_m, device)
         if obj_count:
@@ -87,33 +103,44 @@ def run(cfg: dict) -> str | dict:
                          if k in metrics)
         log.info(f"[{label}] step {step}/{steps} {shown}")
 
-    if ev.get("at_start", True):
+    if ev.get("at_start", True) and start == 0:
         evaluate(0)
     task.train()
     clock.start()
 
     def diverged(step: int) -> str:
         log.warning(f"[{label}] diverged: non-finite objective or gradient at step {step}")
-        rec.write(step, {"diverged": step}, clock.wall())
+        if step not in recorded:
+            rec.write(step, {"diverged": step}, clock.wall())
         rec.finish("diverged", step=step)
+        checkpoint.remove(rec.dir)
         return "diverged"
 
-    for step in range(1, steps + 1):
-        check = step % check_every == 0
-        obj_sum += trainer.step(step - 1, check=check)
-        obj_count += 1
-        if check and not torch.isfinite(obj_sum):
-            # the objective of this step is computed from the parameters that the
-            # previous step's update produced: if they are not finite, that step's
-            # gradient was (with check_every > 1, the step is the check's)
-            before = check_every == 1 and step > 1 and not trainer.params_finite()
-            return diverged(step - 1 if before else step)
-        is_eval = step % every == 0 or step == steps
-        if is_eval and not trainer.params_finite():  # this step's gradient
-            return diverged(step)
-        clock.after_step(step, check, is_eval, lambda t: evaluate(t, final=t == steps), label)
+    with checkpoint.SigtermFlag(active=ckpt_every > 0) as sigterm:
+        for step in range(start + 1, steps + 1):
+            check = step % check_every == 0
+            obj_sum += trainer.step(step - 1, check=check)
+            obj_count += 1
+            if check and not torch.isfinite(obj_sum):
+                # the objective of this step is computed from the parameters that the
+                # previous step's update produced: if they are not finite, that step's
+                # gradient was (with check_every > 1, the step is the check's)
+                before = check_every == 1 and step > 1 and not trainer.params_finite()
+                return diverged(step - 1 if before else step)
+            is_eval = step % every == 0 or step == steps
+            if is_eval and not trainer.params_finite():  # this step's gradient
+                return diverged(step)
+            clock.after_step(step, check, is_eval, lambda t: evaluate(t, final=t == steps), label)
+            if sigterm.requested or (ckpt_every and step % ckpt_every == 0 and step < steps):
+                checkpoint.write(rec.dir, checkpoint.capture(step, h, task, est, trainer, clock,
+                                                             obj_sum, obj_count))
+                if sigterm.requested:
+                    log.warning(f"[{label}] SIGTERM: checkpoint written at step {step}; "
+                                f"the same command resumes from it")
+                    raise checkpoint.Preempted()
     if tr.get("save_model", True) and isinstance(task, torch.nn.Module):
         rec.save_model(task.state_dict())
     rec.finish("complete", wall_s=clock.wall())
+    checkpoint.remove(rec.dir)
     log.info(f"[{label}] complete in {clock.wall():.1f}s")
     return "complete"

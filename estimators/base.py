@@ -174,6 +174,109 @@ class Estimator:
     def describe(self) -> dict:
         return {"temperature": getattr(self, "temperature", float("nan"))}
 
+    # --- state, for checkpoints -------------------------------------------------
+    #: attributes left out of ``state_dict`` (caches that are a function of the shape)
+    state_exclude: ClassVar[tuple[str, ...]] = ()
+
+    def state_dict(self) -> dict:
+        """Everything that changes while training, from the instance's attributes:
+        tensors (baselines), ``nn.Module``s and optimizers (control variates), plain
+        numbers, strings, containers of these, and plain objects holding them (a
+        temperature schedule). ``torch.save``-able with ``weights_only=True``. An
+        attribute of another type raises a TypeError naming it, so a new estimator
+        with state this cannot save is caught by tests/test_estimator_state.py."""
+        return {k: _pack(f"{self.name}.{k}", v) for k, v in vars(self).items()
+                if k not in self.state_exclude}
+
+    def load_state_dict(self, state: dict, latents: tuple[int, int] | None = None,
+                        device=None) -> None:
+        """Restore ``state_dict()``. State that an estimator builds on its first call
+        (a control variate's network and optimizer) is built first by one frozen call
+        on zero logits of shape (1, *latents) -- it draws random numbers, so restore
+        the RNG after this."""
+        missing = [k for k, v in state.items() if v[0] in ("module", "optim")
+                   and getattr(self, k, None) is None]
+        if missing:
+            if latents is None:
+                raise ValueError(f"estimator {self.name!r}: state {missing[0]!r} is built on "
+                                 f"first use; pass latents=(N, K) to load_state_dict")
+            self.materialize(*latents, device=device)
+        for k, v in state.items():
+            setattr(self, k, _unpack(f"{self.name}.{k}", v, getattr(self, k, None)))
+
+    def materialize(self, n: int, k: int, device=None) -> None:
+        """Build the state an estimator creates on its first call, without training."""
+        logits = torch.zeros(1, n, k, device=device, requires_grad=True)
+        with self.frozen(), torch.enable_grad():
+            self(logits, lambda z: z.flatten(-2).sum(-1))
+
+
+_PLAIN = (int, float, bool, str, type(None))
+
+
+def _pack(key: str, v):
+    """(kind, payload) for one attribute value; see ``Estimator.state_dict``."""
+    if isinstance(v, torch.nn.Parameter):
+        return ("param", v.detach().clone())
+    if isinstance(v, Tensor):
+        return ("tensor", v.detach().clone())
+    if isinstance(v, torch.nn.Module):
+        return ("module", v.state_dict())
+    if isinstance(v, torch.optim.Optimizer):
+        return ("optim", v.state_dict())
+    if isinstance(v, _PLAIN):
+        return ("value", v)
+    if isinstance(v, (list, tuple)):
+        return ("list" if isinstance(v, list) else "tuple",
+                [_pack(f"{key}[{i}]", x) for i, x in enumerate(v)])
+    if isinstance(v, dict):
+        return ("dict", [(_pack(f"{key}.key", a), _pack(f"{key}[{a!r}]", b))
+                         for a, b in v.items()])
+    if hasattr(v, "__dict__") and not callable(v):
+        return ("object", {a: _pack(f"{key}.{a}", b) for a, b in vars(v).items()})
+    raise TypeError(f"estimator state {key} of type {type(v).__name__} cannot be saved; "
+                    f"list it in state_exclude or hold it as tensors, modules or numbers")
+
+
+def _unpack(key: str, packed, current):
+    kind, v = packed
+    if kind == "param":
+        if not isinstance(current, torch.nn.Parameter) or current.shape != v.shape:
+            raise ValueError(f"estimator state {key}: no parameter of shape "
+                             f"{tuple(v.shape)} to load into")
+        with torch.no_grad():
+            current.copy_(v)  # in place: optimizers hold this very tensor
+        return current
+    if kind == "module":
+        current.load_state_dict(v)
+        return current
+    if kind == "optim":
+        current.load_state_dict(v)
+        return current
+    if kind == "tensor":
+        return v.clone()
+    if kind == "value":
+        return v
+    if kind in ("list", "tuple"):
+        cur = list(current) if isinstance(current, (list, tuple)) else []
+        out = [_unpack(f"{key}[{i}]", x, cur[i] if i < len(cur) else None)
+               for i, x in enumerate(v)]
+        return out if kind == "list" else tuple(out)
+    if kind == "dict":
+        cur = current if isinstance(current, dict) else {}
+        out = {}
+        for pk, pv in v:
+            a = _unpack(f"{key}.key", pk, None)
+            out[a] = _unpack(f"{key}[{a!r}]", pv, cur.get(a))
+        return out
+    if kind == "object":
+        if current is None:
+            raise ValueError(f"estimator state {key}: no object to load into")
+        for a, b in v.items():
+            setattr(current, a, _unpack(f"{key}.{a}", b, getattr(current, a, None)))
+        return current
+    raise ValueError(f"estimator state {key}: unknown kind {kind!r}")
+
 
 class Temperature:
     """tau_t = max(tau_min, tau0 * exp(-rate * t_n)), t_n = t rounded down to a

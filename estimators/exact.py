@@ -28,6 +28,7 @@ def all_states(n: int, k: int, max_states: int, device=None, dtype=None) -> torc
 class Exact(Estimator):
     unbiased = True
     hard_forward = True
+    state_exclude = ("_cache",)  # the enumerated states: a function of the shape only
 
     def __init__(self, max_states: int = 4096):
         super().__init__()

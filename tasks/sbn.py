@@ -47,6 +47,7 @@ import torch.nn.functional as F
 
 from estimators.base import sample_one_hot
 
+from . import _hard
 from .base import TaskConfigError, register
 from .vae import mlp
 
@@ -208,23 +209,45 @@ class SBN(nn.Module):
             h = sample_one_hot(self.logits(layer, h))
         return h
 
+    # The evaluations below draw the samples sample_top draws, as indices, and pass
+    # them up without one-hots (tasks/_hard.py): the same numbers as
+    # recon(x_l, sample_top(...)) up to float rounding (tests/test_evalcost.py).
+    def _hard_nets(self):
+        """Each stochastic layer above the first and the output net, on indices."""
+        bits = self.k == 2  # the layers see the N bits: the same product, bit for bit
+        return [_hard.first_layer(net, self.n, self.k, bits) for net in [*self.nets[1:], self.out]]
+
+    @torch.no_grad()
+    def _recon_hard(self, x_upper, x_lower, samples: int | None = None, nets=None):
+        nets = nets or self._hard_nets()
+        logits = self.logits(0, x_upper)
+        idx = _hard.gumbel_argmax(logits, samples)
+        for net in nets[:-1]:
+            a = net(idx)
+            logits = (torch.stack([torch.zeros_like(a), a], -1) if self.k == 2
+                      else a.unflatten(-1, (self.n, self.k)))
+            idx = _hard.gumbel_argmax(logits)
+        return _hard.bernoulli_nll(nets[-1](idx), x_lower)
+
     @torch.no_grad()
     def neg_elbo(self, x):
         """Single-sample bound -log p(x_l | h), h ~ p(h | x_u): (B,)."""
         x_upper, x_lower = self.split(x)
-        return self.recon(x_lower, self.sample_top(x_upper))
+        return self._recon_hard(x_upper, x_lower)
 
     @torch.no_grad()
     def nll(self, x, samples: int, max_floats: float = 2e7):
         """The m-sample bound -log (1/m sum_i p(x_l | h^(i))), m = ``samples``: (B,)."""
         x_upper, x_lower = self.split(x)
         per_sample = x.shape[0] * max(self.n * self.k, self.n_lower)
+        # the chunking decides which random numbers each layer gets (the layers are drawn
+        # in turn per chunk): kept as it was, so the bound is the one stored before
         chunk = max(1, int(max_floats // per_sample))
+        nets = self._hard_nets()
         logs = []
         for s0 in range(0, samples, chunk):
             s = min(chunk, samples - s0)
-            h = self.sample_top(x_upper, s)
-            logs.append(-self.recon(x_lower, h))
+            logs.append(-self._recon_hard(x_upper, x_lower, s, nets))
         w = torch.cat(logs, 0)
         return -(torch.logsumexp(w, 0) - math.log(samples))
 

@@ -1,0 +1,281 @@
+"""`python -m bench table1 [STORE]`: Jang, Gu & Poole (2017) Table 1 from a results
+store alone -- every cell beside the published value, the hyperparameters chosen on
+validation, rank agreement, curves, and evidence for every large gap.
+
+    python -m bench table1 results/jang_table1/final [--out results/jang_table1]
+                           [--selection results/jang_table1/selection | --select CHOSEN.csv]
+                           [--cost results/jang_table1/cost.csv] [--final-commands]
+                           [--final_steps 50000] [--seeds 3]
+
+Runs are sorted into the 4 rows (tasks) x 7 columns (estimators) of Table 1. Runs of
+``--final_steps`` steps are the final runs; shorter ones (in ``--selection``, a store
+of their own, or in STORE itself) are the selection grid.
+A cell's hyperparameters (train.lr and, for the Gumbel-Softmax family, the tau
+schedule r, N) are those of ``--select`` (a CSV with columns ``task``,
+``estimator`` and any of ``train.lr``/``lr``, ``estimator.anneal_rate``/``anneal_rate``,
+``estimator.anneal_every``/``anneal_every``, as ``python -m bench select`` writes),
+else chosen here: the setting with the lowest mean final ``valid_neg_elbo`` over seeds
+among the selection runs (never a test metric). The cell's value is the mean +- 95 %
+Student-t interval over the final runs at that setting: test_nll (m = 1000) for the
+SBN rows, the single-sample test -ELBO for the VAE rows, with their m = 1000 bound
+beside it. Cells without final runs are "not run yet", with their planned cost from
+``--cost`` (``python -m bench table1_cost``). Written under ``--out``: REPORT.md,
+table1.csv and figures/valid_<row>.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from ..results import load
+from .published import published_for
+from .stats import mean_ci
+from .table1_runs import (
+    HYPER,
+    chosen_settings,
+    final_commands,
+    run_table,
+    same_setting,
+    setting_label,
+)
+
+ROWS = [("sbn", "SBN Bernoulli", "jang_sbn", "test_nll"),
+        ("sbn_categorical", "SBN categorical", "jang_sbn", "test_nll"),
+        ("bernoulli_vae", "VAE Bernoulli", "jang_vae", "test_neg_elbo"),
+        ("categorical_vae", "VAE categorical", "jang_vae", "test_neg_elbo")]
+COLUMNS = [("reinforce", "SF"), ("darn", "DARN"), ("muprop", "MuProp"),
+           ("straight_through", "ST"), ("annealed_st", "Annealed ST"),
+           ("gumbel_softmax", "Gumbel-Softmax"), ("st_gumbel_softmax", "ST Gumbel-Softmax")]
+FALLING = 0.5  # nats of valid -ELBO lost over the last 20 % of training: "still falling"
+GAP = 2.0  # nats from the paper that call for a line of evidence
+
+
+# --- the table --------------------------------------------------------------------
+
+def cell(runs, finals, curves, task, est, chosen, final_steps) -> dict:
+    mine = runs[(runs["task"] == task) & (runs["estimator"] == est)
+                & (runs["steps"] == final_steps)]
+    done = mine[mine["status"] == "complete"]
+    hyper = {k: v for k, v in (chosen or {}).items() if not k.startswith("_")}
+    if hyper:
+        done = done[same_setting(done, hyper)]
+    elif len(done.drop_duplicates(list(HYPER))) > 1:
+        return {"status": "final runs at several settings and no selection"}
+    out = {"n_running": int((mine["status"] == "incomplete").sum()),
+           "n_diverged": int((mine["status"] == "diverged").sum())}
+    if done.empty:
+        return {**out, "status": "not run yet"}
+    ids = set(done["run_id"])
+    fin = finals[finals["run_id"].isin(ids)]
+    for metric in ("test_neg_elbo", "test_nll", "valid_neg_elbo"):
+        m, h, n = mean_ci(fin.loc[fin["metric"] == metric, "value"])
+        out[metric] = (m, h, n)
+    # still falling? valid -ELBO at ~80 % of training minus at the end, mean over seeds
+    drops = []
+    for rid in ids:
+        c = curves[(curves["run_id"] == rid)].sort_values("step")
+        if len(c) >= 3:
+            at80 = c.iloc[(c["step"] - 0.8 * c["step"].max()).abs().argmin()]["value"]
+            drops.append(at80 - c["value"].iloc[-1])
+    out["drop_last20"] = sum(drops) / len(drops) if drops else math.nan
+    out["setting"] = setting_label(done.iloc[0]) if not hyper else setting_label(hyper)
+    out["protocol"] = ", ".join(sorted(set(done["protocol"]) - {""})) or "-"
+    out["status"] = "done"
+    return out
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    from scipy import stats
+
+    return float(stats.spearmanr(a, b).statistic) if len(a) >= 3 else math.nan
+
+
+def _fmt(t) -> str:
+    m, h, n = t
+    if n == 0 or pd.isna(m):
+        return ""
+    return f"{m:.1f} ± {h:.1f} (n={n})" if n > 1 else f"{m:.1f} (n=1)"
+
+
+def evidence(c: dict, chosen: dict | None, metric: str) -> list[str]:
+    lines = []
+    if c.get("drop_last20", 0) > FALLING:
+        lines.append(f"still falling: valid −ELBO {c['drop_last20']:.1f} nats lower at the end "
+                     f"than at 80 % of training")
+    n = c[metric][2]
+    if n < 3:
+        lines.append(f"only {n} seed(s)")
+    tried = (chosen or {}).get("_tried") or []
+    if len(tried) > 1 and chosen.get("lr") in (tried[0], tried[-1]):
+        lines.append(f"chosen LR {chosen['lr']:g} is at the edge of the grid tried "
+                     f"({', '.join(f'{t:g}' for t in tried)}): the optimum may lie outside")
+    if c.get("n_diverged"):
+        lines.append(f"{c['n_diverged']} final run(s) diverged")
+    if not lines:
+        lines.append("not explained by the data here: a protocol detail the paper does not "
+                     "state (see README, 'Protocol gaps')")
+    return lines
+
+
+def build(store, out, select=None, cost=None, final_steps=50_000, seeds=3,
+          figures=True, selection=None) -> Path:
+    store, out = Path(store), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = run_table(store)
+    df = load(store, all_runs=True)
+    df = df[df["run_id"].isin(runs["run_id"])]
+    last = df.groupby("run_id")["step"].transform("max")
+    finals = df[df["step"] == last]
+    curves = df[df["metric"] == "valid_neg_elbo"]
+    chosen_all = chosen_settings(store, select, selection, final_steps)
+    costs = pd.read_csv(cost) if cost and Path(cost).exists() else None
+
+    recs, md = [], []
+    for task, row_name, setting, metric in ROWS:
+        pub = published_for(setting, task, "binarized_mnist") or {"values": {}}
+        what = "m = 1000 bound" if metric == "test_nll" else "single-sample test −ELBO"
+        md += [f"### {row_name} (`{task}`) — {what}, nats", ""]
+        head = "| estimator | ours (mean ± 95 % CI) | paper | ours − paper |"
+        head += " m = 1000 bound |" if metric == "test_neg_elbo" else ""
+        head += " chosen on validation | valid −ELBO still falling? | evidence |"
+        md += [head, "|" + "---|" * (head.count("|") - 1)]
+        ours, theirs, names = [], [], []
+        for est, col in COLUMNS:
+            chosen = chosen_all.get((task, est))
+            c = cell(runs, finals, curves, task, est, chosen, final_steps)
+            p = pub["values"].get(est, math.nan)
+            rec = {"row": task, "column": col, "estimator": est, "metric": metric,
+                   "published": p, "status": c["status"]}
+            if c["status"] != "done":
+                planned = ""
+                if costs is not None:
+                    hit = costs[(costs["row"] == task) & (costs["column"] == col)]
+                    if len(hit):
+                        h = float(hit["run_h"].iloc[0])
+                        planned = f"; planned {seeds} × {h:.2f} = {seeds * h:.1f} CPU-h"
+                        rec["planned_h"] = seeds * h
+                running = f"; {c['n_running']} in progress" if c.get("n_running") else ""
+                md.append(f"| {col} | *{c['status']}*{planned}{running} | {p:g} | | "
+                          + ("| " if metric == "test_neg_elbo" else "") + "| | |")
+                recs.append(rec)
+                continue
+            m = c[metric][0]
+            diff = m - p
+            rec.update(mean=m, ci95=c[metric][1], seeds=c[metric][2], diff=diff,
+                       nll_mean=c["test_nll"][0], nll_ci95=c["test_nll"][1],
+                       setting=c["setting"], drop_last20=c["drop_last20"],
+                       protocol=c["protocol"])
+            falling = ("yes" if c["drop_last20"] > FALLING else "no") + (
+                f" ({c['drop_last20']:+.1f})" if not pd.isna(c["drop_last20"]) else "")
+            ev = "; ".join(evidence(c, chosen, metric)) if abs(diff) > GAP else ""
+            line = f"| {col} | {_fmt(c[metric])} | {p:g} | {diff:+.1f} |"
+            line += f" {_fmt(c['test_nll'])} |" if metric == "test_neg_elbo" else ""
+            line += f" {c['setting']} | {falling} | {ev} |"
+            md.append(line)
+            recs.append(rec)
+            if not math.isnan(p):
+                ours.append(m), theirs.append(p), names.append(col)
+        md.append("")
+        if ours:
+            win_o = names[ours.index(min(ours))]
+            win_p = names[theirs.index(min(theirs))]
+            rho = spearman(ours, theirs)
+            md += [f"Rank agreement over the {len(ours)} estimator(s) with data: best here "
+                   f"**{win_o}**, in the paper (among these) **{win_p}**; Spearman ρ = "
+                   + (f"{rho:.2f}" if not math.isnan(rho) else "n/a (fewer than 3)") + ".", ""]
+        if figures and not curves.empty:
+            fig = plot_row(curves, runs, task, final_steps, out)
+            if fig:
+                md += [f"![validation −ELBO, {row_name}]({fig})", ""]
+
+    table = pd.DataFrame(recs)
+    table.to_csv(out / "table1.csv", index=False)
+    done = table[table["status"] == "done"]
+    planned = table.get("planned_h", pd.Series(dtype=float)).sum()
+    how = (f"from {select}" if select else "chosen on validation (valid_neg_elbo) among the "
+           f"shorter selection runs of {selection or 'the store'}")
+    lines = ["# Jang, Gu & Poole (2017), Table 1 — reproduction", "",
+             f"Generated by `python -m bench table1 {store}` on {time.strftime('%Y-%m-%d')} "
+             f"from the store alone ({len(runs)} runs; final runs: {final_steps} steps). "
+             f"Hyperparameters: {how}. "
+             f"Cells done: {len(done)} of {len(table)}"
+             + (f"; the rest planned at {planned:.1f} CPU-hours ({seeds} seeds)" if planned else "")
+             + ". Lower is better everywhere. A difference beyond "
+             f"{GAP:g} nats gets a line of evidence; 'still falling' means the validation −ELBO "
+             f"fell by more than {FALLING} nats over the last 20 % of training.", ""]
+    page = out / "REPORT.md"
+    page.write_text("\n".join(lines + md) + "\n")
+    return page
+
+
+def plot_row(curves, runs, task, final_steps, out: Path) -> str | None:
+    ids = runs[(runs["task"] == task) & (runs["steps"] == final_steps)]
+    if ids.empty:
+        return None
+    from .figures import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for est, col in COLUMNS:
+        rid = set(ids.loc[ids["estimator"] == est, "run_id"])
+        c = curves[curves["run_id"].isin(rid)]
+        if c.empty:
+            continue
+        mean = c.groupby("step")["value"].mean()
+        ax.plot(mean.index, mean.values, label=col)
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation −ELBO (nats), mean over seeds")
+    ax.set_title(task)
+    ax.legend(fontsize=7)
+    (out / "figures").mkdir(exist_ok=True)
+    name = f"figures/valid_{task}.png"
+    fig.savefig(out / name, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return name
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench table1", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("store", nargs="?", default="results/jang_table1/final")
+    ap.add_argument("--out", default=None, help="default: the store's parent folder")
+    ap.add_argument("--select", default=None, help="CSV of chosen hyperparameters")
+    ap.add_argument("--selection", default=None,
+                    help="store of the selection runs (default: 'selection' beside STORE if "
+                         "it exists, else STORE itself)")
+    ap.add_argument("--cost", default=None,
+                    help="per-cell costs (default: cost.csv beside the output, if present)")
+    ap.add_argument("--final_steps", type=int, default=50_000)
+    ap.add_argument("--seeds", type=int, default=3, help="seeds planned per cell")
+    ap.add_argument("--no-figures", action="store_true")
+    ap.add_argument("--final-commands", action="store_true",
+                    help="print the final runs' commands at the chosen settings, write nothing")
+    a = ap.parse_args(argv)
+    store = Path(a.store)
+    selection = a.selection
+    if selection is None and (store.parent / "selection" / "runs").is_dir():
+        selection = store.parent / "selection"
+    if not (store / "runs").is_dir() and not (a.final_commands and (selection or a.select)):
+        print(f"error: no results store at {store} (expected {store / 'runs'})", file=sys.stderr)
+        return 2
+    if a.final_commands:
+        chosen = chosen_settings(store, a.select, selection, a.final_steps)
+        print("\n".join(final_commands(chosen, a.final_steps, a.seeds, store, ROWS,
+                                         COLUMNS)))
+        return 0
+    out = Path(a.out) if a.out else store.parent
+    cost = a.cost or (out / "cost.csv")
+    try:
+        page = build(store, out, a.select, cost, a.final_steps, a.seeds, not a.no_figures,
+                     selection)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {page} and {out / 'table1.csv'}")
+    return 0

@@ -1,0 +1,142 @@
+"""The runs of the Table-1 stores (bench/report/table1.py) and the settings chosen on
+validation: a run table with each run's hyperparameters, the choice read from a
+selection CSV or made here (lowest mean final valid_neg_elbo over seeds), and the
+final runs' commands at the chosen settings."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from ..results import load
+
+HYPER = {"lr": ("train", "lr"), "anneal_rate": ("estimator", "anneal_rate"),
+         "anneal_every": ("estimator", "anneal_every")}
+
+
+def run_table(store: Path) -> pd.DataFrame:
+    """One line per run: task, estimator, seed, steps, status and its hyperparameters."""
+    recs = []
+    for meta_file in sorted((Path(store) / "runs").glob("*/*/meta.json")):
+        try:
+            meta = json.loads(meta_file.read_text())
+        except ValueError:
+            continue  # damaged: `python -m bench store verify` names it
+        cfg = meta.get("config", {})
+        st = meta_file.with_name("status.json")
+        status = json.loads(st.read_text())["status"] if st.exists() else "incomplete"
+        rec = {"run_id": meta["run_id"], "task": meta.get("task"),
+               "estimator": meta.get("estimator"), "seed": meta.get("seed"),
+               "steps": int(cfg.get("train", {}).get("steps", 0)), "status": status,
+               "protocol": (cfg.get("report") or {}).get("protocol", "")}
+        for k, (group, key) in HYPER.items():
+            rec[k] = (cfg.get(group) or {}).get(key, math.nan)
+        recs.append(rec)
+    cols = ["run_id", "task", "estimator", "seed", "steps", "status", "protocol", *HYPER]
+    runs = pd.DataFrame(recs, columns=cols)
+    for k in HYPER:
+        runs[k] = pd.to_numeric(runs[k], errors="coerce")
+    return runs
+
+
+def setting_label(s) -> str:
+    parts = [f"lr={s['lr']:g}"] if not pd.isna(s.get("lr")) else []
+    if s.get("anneal_rate", 0) and not pd.isna(s.get("anneal_rate")):
+        parts.append(f"r={s['anneal_rate']:g}, N={int(s['anneal_every'])}")
+    return ", ".join(parts) or "-"
+
+
+def same_setting(runs: pd.DataFrame, chosen: dict) -> pd.Series:
+    ok = pd.Series(True, index=runs.index)
+    for k, v in chosen.items():
+        if pd.isna(v):
+            ok &= runs[k].isna()
+        else:
+            ok &= (runs[k] - v).abs() <= 1e-9 * abs(v)
+    return ok
+
+
+def read_select(path: Path) -> dict:
+    """{(task, estimator): {hyper: value}} from a selection CSV."""
+    df = pd.read_csv(path)
+    if not {"task", "estimator"} <= set(df.columns):
+        raise ValueError(f"{path}: a selection CSV needs columns task and estimator")
+    out = {}
+    for _, r in df.iterrows():
+        chosen = {}
+        for k, (group, key) in HYPER.items():
+            for col in (f"{group}.{key}", k):
+                if col in df.columns and not pd.isna(r[col]):
+                    chosen[k] = float(r[col])
+                    break
+        out[(r["task"], r["estimator"])] = chosen
+    return out
+
+
+def select_here(runs, finals, final_steps) -> dict:
+    """The setting with the lowest mean final valid_neg_elbo among the selection runs."""
+    valid = finals[finals["metric"] == "valid_neg_elbo"].set_index("run_id")["value"]
+    sel = runs[(runs["status"] == "complete") & (runs["steps"] != final_steps)].copy()
+    sel["valid"] = sel["run_id"].map(valid)
+    out = {}
+    for (task, est), g in sel.dropna(subset=["valid"]).groupby(["task", "estimator"]):
+        keys = [k for k in HYPER if g[k].notna().any()]
+        means = g.groupby(keys, dropna=False)["valid"].mean() if keys else None
+        if means is None or means.empty:
+            continue
+        best = means.idxmin()
+        best = best if isinstance(best, tuple) else (best,)
+        out[(task, est)] = dict(zip(keys, (float(b) for b in best), strict=True))
+        out[(task, est)]["_tried"] = sorted(g["lr"].dropna().unique())
+        out[(task, est)]["_valid"] = float(means.min())
+    return out
+
+
+def _sci(v: float) -> str:
+    m, e = f"{v:e}".split("e")
+    return f"{float(m):g}e{int(e)}"
+
+
+def protocol_file(task: str, est: str, chosen: dict) -> str:
+    """The conf/experiment/jang_protocol_estimator/ file of a cell's chosen setting."""
+    if est in ("annealed_st", "gumbel_softmax", "st_gumbel_softmax"):
+        if task.startswith("sbn"):
+            return f"{est}_tau1"
+        return f"{est}_r{_sci(chosen['anneal_rate'])}_n{int(chosen['anneal_every'])}"
+    return est
+
+
+def final_commands(chosen_all: dict, final_steps: int, seeds: int, store, rows,
+                   columns) -> list[str]:
+    """One resumable `python -m bench run` grid per cell at its chosen setting."""
+    out = []
+    for task, *_ in rows:
+        for est, col in columns:
+            chosen = chosen_all.get((task, est))
+            if not chosen or "lr" not in chosen:
+                out.append(f"# {task} {col}: no setting chosen yet (run its selection grid)")
+                continue
+            exp = "jang_sbn_protocol" if task.startswith("sbn") else "jang_vae_protocol"
+            out.append(
+                f"nice -n 10 python -m bench run -m +experiment={exp} "
+                f"+experiment/jang_protocol_estimator={protocol_file(task, est, chosen)} "
+                f"task={task} train.lr={chosen['lr']:g} train.steps={final_steps} "
+                f"seed={','.join(str(s) for s in range(seeds))} "
+                f"launcher=joblib hydra.launcher.n_jobs=2 results_dir={store} "
+                f"data_dir=../shared/data")
+    return out
+
+
+def chosen_settings(store, select=None, selection=None, final_steps=50_000) -> dict:
+    """From a selection CSV, else chosen here among the shorter runs of ``selection``
+    (a store of its own) or of ``store``."""
+    if select:
+        return read_select(Path(select))
+    src = Path(selection) if selection else Path(store)
+    runs = run_table(src)
+    df = load(src, all_runs=True)
+    finals = df[df["step"] == df.groupby("run_id")["step"].transform("max")]
+    return select_here(runs, finals, final_steps)

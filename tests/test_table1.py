@@ -1,0 +1,150 @@
+"""`python -m bench table1` on a small planted store (rows written through the store's
+own API, no training): the hyperparameters chosen on validation, mean +- 95 % CI over
+seeds, the published value and the difference, the m = 1000 bound beside the VAE
+-ELBO, rank agreement, 'still falling', evidence for large gaps, and 'not run yet'
+with the planned cost."""
+
+import math
+
+import pandas as pd
+import pytest
+from scipy import stats
+
+from bench.config import config_hash
+from bench.report import table1
+from bench.results import Store
+
+FINAL = 1000  # final runs in the planted store (selection runs: 200 steps)
+
+
+def plant(store, task, est, seed, steps, lr, valid, test, nll=None, falling=0.0,
+          status="complete", rate=None):
+    cfg = {"task": {"name": task}, "estimator": {"name": est}, "seed": seed,
+           "train": {"steps": steps, "lr": lr}, "report": {"protocol": "jang2017-sgd"}}
+    if rate is not None:
+        cfg["estimator"].update(anneal_rate=rate, anneal_every=1000)
+    meta = {"estimator": est, "task": task, "dataset": "binarized_mnist", "seed": seed,
+            "temperature": 1.0, "device": "cpu", "git_sha": "x", "config": cfg}
+    rec = Store(store).start(config_hash(cfg), meta)
+    for i, step in enumerate(range(0, steps + 1, steps // 5)):
+        frac = step / steps
+        v = valid + 20 * (1 - frac) ** 3 + falling * (1 - frac)  # falling: still at the end
+        m = {"valid_neg_elbo": v}
+        if step == steps:
+            m["test_neg_elbo"] = test
+            if nll is not None:
+                m["test_nll"] = nll
+        rec.write(step, m, float(i))
+    if status != "incomplete":
+        rec.finish(status)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = tmp_path / "store"
+    # SBN: reinforce selected at lr 1e-4 (lower valid) over 1e-3; final 3 seeds
+    for lr, valid in ((1e-3, 80.0), (1e-4, 75.0)):
+        plant(s, "sbn", "reinforce", 0, 200, lr, valid, valid)
+    for seed, v in enumerate((70.0, 71.0, 75.0)):
+        plant(s, "sbn", "reinforce", seed, FINAL, 1e-4, v, v, nll=v)
+    # a final run at the rejected lr must not count
+    plant(s, "sbn", "reinforce", 5, FINAL, 1e-3, 10.0, 10.0, nll=10.0)
+    for est, v in (("gumbel_softmax", 58.0), ("straight_through", 59.5), ("darn", 64.0)):
+        plant(s, "sbn", est, 0, 200, 1e-4, v, v)
+        for seed in range(3):
+            plant(s, "sbn", est, seed, FINAL, 1e-4, v + seed * 0.1, v, nll=v + seed * 0.1,
+                  falling=3.0 if est == "darn" else 0.0)
+    # VAE categorical: gumbel_softmax, tau schedule chosen (r=1e-4 better than 1e-5)
+    for rate, valid in ((1e-5, 110.0), (1e-4, 104.0)):
+        plant(s, "categorical_vae", "gumbel_softmax", 0, 200, 3e-4, valid, valid, rate=rate)
+    for seed in range(2):
+        plant(s, "categorical_vae", "gumbel_softmax", seed, FINAL, 3e-4, 103.0, 103.0 + seed,
+              nll=95.0 + seed, rate=1e-4)
+    plant(s, "categorical_vae", "reinforce", 0, FINAL, 1e-4, 111.0, 111.0, status="incomplete")
+    return s
+
+
+@pytest.fixture
+def cost(tmp_path):
+    p = tmp_path / "cost.csv"
+    pd.DataFrame([{"row": "bernoulli_vae", "column": "SF", "run_h": 0.5},
+                  {"row": "categorical_vae", "column": "SF", "run_h": 0.4}]).to_csv(p, index=False)
+    return p
+
+
+def test_table1_report(tmp_path, store, cost):
+    out = tmp_path / "out"
+    assert table1.main([str(store), "--out", str(out), "--cost", str(cost), "--final_steps",
+                        str(FINAL), "--seeds", "3"]) == 0
+    page = (out / "REPORT.md").read_text()
+    t = pd.read_csv(out / "table1.csv").set_index(["row", "column"])
+    assert len(t) == 28
+
+    sf = t.loc[("sbn", "SF")]
+    m, h = 72.0, stats.t.ppf(0.975, 2) * pd.Series([70.0, 71.0, 75.0]).std() / math.sqrt(3)
+    assert sf["mean"] == pytest.approx(m) and sf["ci95"] == pytest.approx(h)
+    assert sf["seeds"] == 3 and sf["setting"] == "lr=0.0001"  # the rejected-lr run left out
+    assert sf["published"] == 72.0 and sf["diff"] == pytest.approx(0.0)
+
+    gs = t.loc[("categorical_vae", "Gumbel-Softmax")]
+    assert gs["setting"] == "lr=0.0003, r=0.0001, N=1000"  # the schedule chosen on valid
+    assert gs["mean"] == pytest.approx(103.5) and gs["nll_mean"] == pytest.approx(95.5)
+    assert gs["diff"] == pytest.approx(103.5 - 101.5)
+
+    darn = t.loc[("sbn", "DARN")]
+    assert darn["drop_last20"] > table1.FALLING  # planted: still falling
+    assert t.loc[("sbn", "ST"), "drop_last20"] < table1.FALLING  # levelled off
+    assert darn["diff"] == pytest.approx(64.1 - 59.7)
+    line = next(ln for ln in page.splitlines() if ln.startswith("| DARN |") and "64.1" in ln)
+    assert "still falling" in line  # > 2 nats from the paper: evidence given
+
+    sf_vae = t.loc[("bernoulli_vae", "SF")]
+    assert sf_vae["status"] == "not run yet" and sf_vae["planned_h"] == pytest.approx(1.5)
+    assert "in progress" in page  # the incomplete categorical reinforce run
+    assert t.loc[("categorical_vae", "SF"), "planned_h"] == pytest.approx(1.2)
+
+    # rank agreement on the SBN row: ours GS < ST < DARN < SF, paper GS < ST < DARN < SF
+    assert "best here **Gumbel-Softmax**, in the paper (among these) **Gumbel-Softmax**" in page
+    assert "Spearman ρ = 1.00" in page
+    assert (out / "figures" / "valid_sbn.png").exists()
+
+
+def test_table1_uses_a_selection_csv(tmp_path, store):
+    sel = tmp_path / "chosen.csv"
+    pd.DataFrame([{"task": "sbn", "estimator": "reinforce", "train.lr": 1e-3}]).to_csv(sel)
+    out = tmp_path / "out"
+    table1.main([str(store), "--out", str(out), "--select", str(sel), "--final_steps",
+                 str(FINAL), "--no-figures"])
+    t = pd.read_csv(out / "table1.csv").set_index(["row", "column"])
+    assert t.loc[("sbn", "SF"), "mean"] == pytest.approx(10.0)  # the CSV's choice
+    assert t.loc[("sbn", "SF"), "seeds"] == 1
+
+
+def test_table1_without_a_store_is_one_line(tmp_path, capsys):
+    assert table1.main([str(tmp_path / "nothing")]) == 2
+    assert "no results store" in capsys.readouterr().err
+
+
+def test_final_commands_at_the_chosen_settings(store, capsys):
+    assert table1.main([str(store), "--final-commands", "--final_steps", str(FINAL)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    sf = next(ln for ln in lines
+              if "jang_protocol_estimator=reinforce " in ln and "task=sbn " in ln)
+    assert "train.lr=0.0001" in sf and "seed=0,1,2" in sf and f"train.steps={FINAL}" in sf
+    gs = next(ln for ln in lines if "task=categorical_vae" in ln and "gumbel_softmax" in ln)
+    assert "+experiment/jang_protocol_estimator=gumbel_softmax_r1e-4_n1000 " in gs
+    assert "train.lr=0.0003" in gs
+    assert any(ln.startswith("# sbn MuProp: no setting chosen") for ln in lines)
+
+
+def test_selection_from_a_store_of_its_own(tmp_path):
+    sel, fin = tmp_path / "selection", tmp_path / "final"
+    for lr, valid in ((1e-3, 60.0), (1e-4, 65.0)):
+        plant(sel, "sbn", "straight_through", 0, 200, lr, valid, valid)
+        plant(fin, "sbn", "straight_through", 0, FINAL, lr, valid, valid, nll=valid)
+    out = tmp_path / "out"
+    assert table1.main([str(fin), "--out", str(out), "--final_steps", str(FINAL),
+                        "--no-figures"]) == 0  # finds 'selection' beside 'final'
+    t = pd.read_csv(out / "table1.csv").set_index(["row", "column"])
+    assert t.loc[("sbn", "ST"), "mean"] == pytest.approx(60.0)
+    assert "selection runs of " in (out / "REPORT.md").read_text()
