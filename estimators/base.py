@@ -98,12 +98,9 @@ class Estimator:
       (the one-hot z ~ q: E[g] = sum_z q(z) g(z), by enumeration) or ``"gumbel"``
       (the Gumbel noise G: E[g] = E_G g(G), by quadrature for K = 2). Such an
       estimator implements ``estimate_given(logits, f, noise)`` and its
-      ``estimate`` is ``estimate_given`` at a fresh draw of that noise.
-
-    ``logit_scale`` (an instance value, 1 unless the estimator rescales): the
-    positive factor the last call divided the gradient reaching the logits by
-    (variance normalisation, ``estimators._normalize``); for an ``unbiased``
-    estimator, ``logit_scale`` times that gradient is unbiased.
+      ``estimate`` is ``estimate_given`` at a fresh draw of that noise;
+    * ``logit_scale``: what the last call divided the logits' gradient by (1, or
+      max(1, sigma), ``estimators._normalize``); for ``unbiased`` ones scale x it is.
     """
 
     name: ClassVar[str] = "?"
