@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .counting import attach
 from .optim import make_optimizer
 
 log = logging.getLogger("bench")
@@ -99,7 +100,8 @@ class StepClock:
 class Trainer:
     """The training step: the dataset stays on the device as one tensor and is
     walked by a fresh randperm each epoch (no DataLoader); one estimator call,
-    one backward, one optimiser update (``train.optimizer``).
+    one backward, one optimiser update (``train.optimizer``). ``counter.n``: the
+    estimator's evaluations of f in training (``f_evals``, bench.counting).
 
     Non-finite numbers: ``step(check=True)`` looks at the objective before the
     update and makes none if it is not finite. A non-finite gradient needs no pass
@@ -112,6 +114,7 @@ class Trainer:
     def __init__(self, task, est, data, batch_size: int, lr: float,
                  optim: dict | None = None):
         self.task, self.est, self.data = task, est, data
+        self.counter = attach(est)
         self.n = data.size("train")
         self.batch_size = min(int(batch_size), self.n)
         # optim: make_optimizer's options (bench.optim.optimizer_options(cfg["train"]))

@@ -39,6 +39,7 @@ from .config import (
     config_hash,
     validate,
 )
+from .counting import attach, cost_metrics
 from .loop import StepClock, evaluation_metrics, git_sha
 from .optim import make_optimizer, optimizer_options
 from .results import Store
@@ -193,6 +194,7 @@ class StackedTrainer:
             p = torch.stack([v.t() if v.dim() == 2 else v for v in vals]).contiguous()
             self.params[name] = p.requires_grad_(True)
         self.opt = make_optimizer(list(self.params.values()), self.lr, **self.optim)
+        self.counter = attach(est)  # f's evaluations, per seed under vmap (bench.counting)
         objective = _Objective(copy.deepcopy(task_list[0]), est)
         objective.train()
 
@@ -327,6 +329,7 @@ def run(cfg: dict) -> dict:
             if obj_count:
                 metrics["train_objective"] = obj_sum[i].item() / obj_count
             metrics.update(clock.timing_metrics())
+            metrics.update(cost_metrics(trainer.counter.n, step))
             wall = clock.wall()
             if final:
                 metrics["wall_s"] = wall

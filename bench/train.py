@@ -20,6 +20,7 @@ from .config import (
     config_hash,
     validate,
 )
+from .counting import cost_metrics
 from .loop import StepClock, Trainer, evaluation_metrics, git_sha
 from .optim import optimizer_options
 from .results import Run, Store
@@ -95,6 +96,7 @@ def run(cfg: dict) -> str | dict:
             metrics["train_objective"] = obj_sum.item() / obj_count
             obj_sum, obj_count = torch.zeros((), device=device), 0
         metrics.update(clock.timing_metrics())
+        metrics.update(cost_metrics(trainer.counter.n, step))
         wall = clock.wall()
         if final:
             metrics["wall_s"] = wall

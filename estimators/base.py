@@ -128,6 +128,9 @@ class Estimator:
                 f"logits must have shape (B, N, K), got {tuple(logits.shape)}"
             )
         self.check_categories(logits.shape[-1])
+        counter = self.__dict__.get("f_counter")  # attached by the runner (bench.counting)
+        if counter is not None and self.training:
+            f = counter.wrap(f)
         return self.estimate(logits, f)
 
     def estimate(self, logits: Tensor, f: LossFn) -> EstimatorOutput:

@@ -39,6 +39,7 @@ import pandas as pd
 
 from ..paths import CONF_DIR
 from ..results import COLUMNS
+from . import budget
 from .figures import plot_curves, plot_step_time
 from .runs import Runs, load_runs
 from .samples import plot_samples
@@ -101,10 +102,11 @@ def _runs_table(df) -> str:
             + "\n".join(lines) + "\n")
 
 
-def build(results, out, data_dir=None, samples: bool = True, figures: bool = True) -> Path:
+def build(results, out, data_dir=None, samples: bool = True, figures: bool = True,
+          budgets=()) -> Path:
     """Write every table, figure and REPORT.md under ``out``; returns REPORT.md's path.
     ``samples=False`` skips the sample figures (no models loaded), ``figures=False``
-    every figure."""
+    every figure; ``budgets``: evaluations of f to tabulate at (bench.report.budget)."""
     out = Path(out)
     runs = load_runs(results)
     df = runs.rows
@@ -162,6 +164,8 @@ def build(results, out, data_dir=None, samples: bool = True, figures: bool = Tru
             f"{m} ([md](tables/{m}.md), [tex](tables/{m}.tex), [csv](tables/{m}.csv))"
             for m in others) + ". All rows of the store: [tables/rows.csv](tables/rows.csv); "
             "the long summary: [tables/summary.csv](tables/summary.csv).", ""]
+    if budgets:
+        md += budget.section(runs, budgets, tdir)
 
     figs = []
     if not figures:
@@ -175,6 +179,7 @@ def build(results, out, data_dir=None, samples: bool = True, figures: bool = Tru
                      plot_curves(df, rows, "test_neg_elbo", "train_time", fdir,
                                  "test_neg_elbo_vs_time", "test −ELBO (nats)",
                                  "training time (s): steps × median step time")))
+        figs += budget.figures(runs, fdir, budgets)
         figs.append(("Gradient variance against training steps",
                      plot_curves(df, rows, "grad_var", "step", fdir, "grad_var_vs_steps",
                                  "gradient variance (log scale)", "training step", log=True)))
@@ -232,7 +237,18 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--no-samples", action="store_true",
                     help="skip the sample/reconstruction figures (no models loaded)")
     ap.add_argument("--tables-only", action="store_true", help="draw no figures")
+    ap.add_argument("--budget-evals", default="",
+                    help="also tabulate every estimator at these budgets of evaluations of "
+                         "f, comma-separated (e.g. 1e7), interpolated along each run")
     a = ap.parse_args(argv)
+    try:
+        budgets = [float(b) for b in a.budget_evals.split(",") if b.strip()]
+    except ValueError:
+        budgets = [-1.0]
+    if any(not (b > 0 and b < float("inf")) for b in budgets):
+        print(f"error: --budget-evals {a.budget_evals!r}: give positive numbers, e.g. 1e7",
+              file=sys.stderr)
+        return 2
     src = Path(a.results_dir)
     if not src.exists():
         print(f"error: results_dir {a.results_dir!r} does not exist", file=sys.stderr)
@@ -245,6 +261,6 @@ def main(argv: list[str]) -> int:
         return 2
     data_dir = a.data_dir or os.environ.get("BENCH_DATA_DIR")
     page = build(src, out, data_dir=data_dir, samples=not a.no_samples,
-                 figures=not a.tables_only)
+                 figures=not a.tables_only, budgets=budgets)
     print(f"wrote {page} (tables in {out / 'tables'}, figures in {out / 'figures'})")
     return 0
