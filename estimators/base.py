@@ -88,7 +88,8 @@ class Estimator:
     * ``relaxed``: it is unbiased for the Gumbel-Softmax relaxed objective at
       temperature ``self.temperature``;
     * ``hard_forward``: ``f`` only ever sees one-hot samples;
-    * ``binary_only``: refuses K > 2;
+    * ``binary_only``: refuses K > 2; ``logit_scale`` (where set, else 1): the last
+      call's divisor of the logits' gradient (variance normalisation, ``_normalize``);
     * ``kl``: ``"categorical"`` (analytic KL of the discrete model, added by the
       task), ``"concrete"`` (the estimator computes the relaxed KL, ``relaxed_kl``)
       or ``"sampled"`` (the task puts log q(z) - log p(z) inside f: multi-sample
@@ -98,9 +99,7 @@ class Estimator:
       (the one-hot z ~ q: E[g] = sum_z q(z) g(z), by enumeration) or ``"gumbel"``
       (the Gumbel noise G: E[g] = E_G g(G), by quadrature for K = 2). Such an
       estimator implements ``estimate_given(logits, f, noise)`` and its
-      ``estimate`` is ``estimate_given`` at a fresh draw of that noise;
-    * ``logit_scale``: what the last call divided the logits' gradient by (1, or
-      max(1, sigma), ``estimators._normalize``); for ``unbiased`` ones scale x it is.
+      ``estimate`` is ``estimate_given`` at a fresh draw of that noise.
     """
 
     name: ClassVar[str] = "?"
@@ -110,7 +109,6 @@ class Estimator:
     binary_only: ClassVar[bool] = False
     kl: ClassVar[str] = "categorical"
     noise: ClassVar[str | None] = None
-    logit_scale: float = 1.0
 
     def __init__(self):
         self.training = True  # False: stateful estimators freeze their state
