@@ -15,6 +15,7 @@ EXAMPLES = """examples (`bench ...` is the same as `python -m bench ...`):
   python -m bench run seeds=[0,1,2,3] estimator=gumbel_softmax   # 4 seeds trained together
   python -m bench run +experiment=NAME
   python -m bench run dataset=binarized_mnist data_dir=PATH train.steps=1500
+  python -m bench select RESULTS_DIR --metric valid_neg_elbo   # lr etc. chosen on validation
 """
 
 GROUPS = ("estimator", "task", "dataset", "experiment", "launcher", "logger", "hydra/launcher")
@@ -280,6 +281,8 @@ def _module_main(module: str):
 COMMANDS = {
     "run": (cmd_run, "train: one config, or a grid with -m (Hydra overrides)"),
     "report": (_module_main("report.page"), "tables, figures and REPORT.md from a store"),
+    "select": (_module_main("report.select"),
+               "hyperparameters chosen on validation, test metrics of the choice"),
     "table1": (_module_main("report.table1"), "Jang et al. Table 1 from a store (REPORT.md)"),
     "check": (_module_main("gate.cli"), "gradient-variance regression gate (CI)"),
     "store": (_module_main("store.cli"), "check a results store (verify, --repair) or compact it"),

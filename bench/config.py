@@ -26,11 +26,62 @@ NON_SEMANTIC = ("results_dir", "data_dir", "skip_complete", "progress", "threads
 NON_SEMANTIC_TRAIN = ("checkpoint_every",)
 
 
+# keys added after runs were stored: at these values they are left out of the identity,
+# so a config hashed before the key existed keeps its hash (and its stored runs)
+ADDED_DEFAULTS = {"train": {"optimizer": "adam", "momentum": 0.0, "nesterov": False,
+                            "weight_decay": 0.0, "betas": [0.9, 0.999]}}
+
+
 def config_hash(cfg: dict) -> str:
     ident = {k: v for k, v in cfg.items() if k not in NON_SEMANTIC}
     if isinstance(ident.get("train"), dict):
         ident["train"] = {k: v for k, v in ident["train"].items() if k not in NON_SEMANTIC_TRAIN}
+    for group, defaults in ADDED_DEFAULTS.items():
+        if isinstance(ident.get(group), dict):
+            ident[group] = {k: v for k, v in ident[group].items()
+                            if not (k in defaults and _same(v, defaults[k]))}
     return hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b or (
+        not isinstance(a, bool) and not isinstance(b, bool)
+        and isinstance(a, (int, float)) and isinstance(b, (int, float)) and a == b)
+
+
+def _number(v) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float))
+
+
+def _check_optimizer(train: dict) -> None:
+    """train.optimizer and its options: one line naming the key."""
+    from .optim import OPTIMIZERS
+
+    name = train.get("optimizer", "adam")
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+    momentum = train.get("momentum", 0.0)
+    if not _number(momentum) or not 0.0 <= momentum < 1.0:
+        raise ConfigError(f"train.momentum must be a number in [0, 1), got {momentum!r}")
+    nesterov = train.get("nesterov", False)
+    if not isinstance(nesterov, bool):
+        raise ConfigError(f"train.nesterov must be true or false, got {nesterov!r}")
+    wd = train.get("weight_decay", 0.0)
+    if not _number(wd) or not 0.0 <= wd < float("inf"):
+        raise ConfigError(f"train.weight_decay must be a finite number >= 0, got {wd!r}")
+    betas = train.get("betas", [0.9, 0.999])
+    if (not isinstance(betas, (list, tuple)) or len(betas) != 2
+            or not all(_number(b) and 0.0 <= b < 1.0 for b in betas)):
+        raise ConfigError(f"train.betas must be two numbers in [0, 1), got {betas!r}")
+    if name == "sgd":
+        if nesterov and momentum == 0:
+            raise ConfigError("train.nesterov=true needs train.momentum > 0 (got 0)")
+    elif momentum != 0 or nesterov:
+        key = "train.momentum" if momentum != 0 else "train.nesterov"
+        raise ConfigError(f"{key} applies to train.optimizer=sgd only (optimizer is {name!r}; "
+                          f"Adam's momentum is train.betas)")
 
 
 def _int(cfg, key, minimum):
@@ -97,6 +148,7 @@ def validate(cfg: dict) -> None:
         _int(cfg, "train.steps", 1)
         _int(cfg, "train.batch_size", 1)
         _pos_float(cfg, "train.lr")
+        _check_optimizer(_get(cfg, "train"))
         _int(cfg, "train.check_every", 1)
         if "checkpoint_every" in cfg.get("train", {}):
             _int(cfg, "train.checkpoint_every", 0)

@@ -110,23 +110,25 @@ class StepClock:
 class Trainer:
     """The training step: the dataset stays on the device as one tensor and is
     walked by a fresh randperm each epoch (no DataLoader); one estimator call,
-    one backward, one Adam update. ``counter.n``: the estimator's evaluations of f
-    in training (``f_evals``, bench.counting).
+    one backward, one optimiser update (``train.optimizer``). ``counter.n``: the
+    estimator's evaluations of f in training (``f_evals``, bench.counting).
 
     Non-finite numbers: ``step(check=True)`` looks at the objective before the
     update and makes none if it is not finite. A non-finite gradient needs no pass
-    of its own over the gradients: Adam turns any non-finite gradient element into a
+    of its own over the gradients: Adam (and SGD) turns any non-finite gradient element into a
     NaN parameter, which makes the next objective NaN, and ``params_finite`` then
     tells that it was the previous step's gradient. The runner checks the
     parameters before each evaluation as well, so a NaN from the last step's
     gradient is never evaluated or saved."""
 
-    def __init__(self, task, est, data, batch_size: int, lr: float):
+    def __init__(self, task, est, data, batch_size: int, lr: float,
+                 optim: dict | None = None):
         self.task, self.est, self.data = task, est, data
         self.counter = attach(est)
         self.n = data.size("train")
         self.batch_size = min(int(batch_size), self.n)
-        self.opt = make_optimizer(task.parameters(), lr)
+        # optim: make_optimizer's options (bench.optim.optimizer_options(cfg["train"]))
+        self.opt = make_optimizer(task.parameters(), lr, **(optim or {}))
         self.device = data.splits["train"].device
         self.pos, self.perm = self.n, None
 

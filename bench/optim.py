@@ -1,4 +1,5 @@
-"""Adam for the training loop: torch's fused Adam with less Python work per step.
+"""The training loop's optimisers (Adam, SGD with momentum): torch's fused kernels
+with less Python work per step.
 
 ``torch.optim.Adam(fused=True)`` runs the whole update in one kernel, but each
 ``step()`` first walks the parameter groups in Python (state look-ups, grouping by
@@ -65,11 +66,90 @@ class FusedAdam(torch.optim.Adam):
         return None
 
 
-def make_optimizer(params, lr: float) -> torch.optim.Optimizer:
-    """Adam with the fused kernel where this torch build has one for the device,
-    else torch's default Adam."""
+class FusedSGD(torch.optim.SGD):
+    """``torch.optim.SGD(fused=True)`` (momentum, Nesterov, weight decay), with the
+    per-step Python walk skipped in the same way as ``FusedAdam``: once every
+    parameter has its momentum buffer (or at once, without momentum), the lists are
+    kept and torch's fused SGD kernel is called on them. Bit for bit the same update
+    as ``torch.optim.SGD(fused=True)``; the same fall-backs as ``FusedAdam``."""
+
+    def __init__(self, params, lr: float = 1e-3, **kwargs):
+        super().__init__(params, lr=lr, fused=True, **kwargs)
+        self._lists = None  # per group: (params, momentum buffers or [])
+
+    def _fast_lists(self):
+        if self._lists is None:
+            lists = []
+            for group in self.param_groups:
+                if (group["maximize"] or group["differentiable"]
+                        or not isinstance(group["lr"], float)):
+                    return None
+                ps = list(group["params"])
+                bufs = []
+                if group["momentum"] != 0:
+                    bufs = [self.state.get(p, {}).get("momentum_buffer") for p in ps]
+                    if any(b is None for b in bufs):
+                        return None
+                if len({(p.device, p.dtype) for p in ps}) > 1:
+                    return None
+                lists.append((ps, bufs))
+            self._lists = lists
+        return self._lists
+
+    def load_state_dict(self, state_dict) -> None:
+        self._lists = None
+        super().load_state_dict(state_dict)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        lists = self._fast_lists() if closure is None else None
+        if lists is None or any(p.grad is None for ps, _ in lists for p in ps):
+            self._lists = None
+            return super().step(closure)
+        for group, (ps, bufs) in zip(self.param_groups, lists, strict=True):
+            if not ps:
+                continue
+            torch._fused_sgd_(ps, [p.grad for p in ps], bufs,
+                              weight_decay=group["weight_decay"], momentum=group["momentum"],
+                              lr=group["lr"], dampening=group["dampening"],
+                              nesterov=group["nesterov"], maximize=False, is_first_step=False,
+                              grad_scale=None, found_inf=None)
+        return None
+
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+def optimizer_options(train: dict) -> dict:
+    """The optimiser settings of a config's ``train`` block, as make_optimizer's
+    keywords (keys a config does not have take their defaults)."""
+    out = {"optimizer": str(train.get("optimizer", "adam"))}
+    for key in ("momentum", "nesterov", "weight_decay", "betas", "eps"):
+        if train.get(key) is not None:
+            out[key] = train[key]
+    return out
+
+
+def make_optimizer(params, lr: float, optimizer: str = "adam", momentum: float = 0.0,
+                   nesterov: bool = False, weight_decay: float = 0.0,
+                   betas=(0.9, 0.999), eps: float = 1e-8) -> torch.optim.Optimizer:
+    """The training loop's optimiser: ``adam`` (betas, eps, L2 weight decay) or
+    ``sgd`` (momentum, Nesterov, L2 weight decay), with the fused kernel where this
+    torch build has one for the device, else torch's default implementation. The
+    values are checked by bench.config.validate before training."""
     params = list(params)
+    if optimizer == "adam":
+        kw = dict(lr=lr, betas=tuple(float(b) for b in betas), eps=float(eps),
+                  weight_decay=float(weight_decay))
+        fast, plain = FusedAdam, torch.optim.Adam
+    elif optimizer == "sgd":
+        kw = dict(lr=lr, momentum=float(momentum), nesterov=bool(nesterov),
+                  weight_decay=float(weight_decay))
+        fast, plain = FusedSGD, torch.optim.SGD
+    else:
+        raise ValueError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, "
+                         f"got {optimizer!r}")
     try:
-        return FusedAdam(params, lr=lr)
+        return fast(params, **kw)
     except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(params, lr=lr)
+        return plain(params, **kw)

@@ -42,7 +42,7 @@ from .config import (
 from .counting import attach, cost_metrics
 from .loggers import make as make_tracker
 from .loop import StepClock, evaluation_metrics, git_sha
-from .optim import make_optimizer
+from .optim import make_optimizer, optimizer_options
 from .results import Store
 
 log = logging.getLogger("bench")
@@ -175,9 +175,11 @@ class StackedTrainer:
     that seed's gradients is, like ``Trainer.step``.
     """
 
-    def __init__(self, task_list, est, data, batch_size: int, lr: float, generators):
+    def __init__(self, task_list, est, data, batch_size: int, lr: float, generators,
+                 optim: dict | None = None):
 
         self.est, self.data, self.lr = est, data, float(lr)
+        self.optim = dict(optim or {})  # make_optimizer's options (train.optimizer, ...)
         self.make_optimizer = make_optimizer
         self.n = data.size("train")
         self.batch_size = min(int(batch_size), self.n)
@@ -192,7 +194,7 @@ class StackedTrainer:
             vals = [dict(t.named_parameters())[name].detach() for t in task_list]
             p = torch.stack([v.t() if v.dim() == 2 else v for v in vals]).contiguous()
             self.params[name] = p.requires_grad_(True)
-        self.opt = make_optimizer(list(self.params.values()), self.lr)
+        self.opt = make_optimizer(list(self.params.values()), self.lr, **self.optim)
         self.counter = attach(est)  # f's evaluations, per seed under vmap (bench.counting)
         objective = _Objective(copy.deepcopy(task_list[0]), est)
         objective.train()
@@ -242,7 +244,7 @@ class StackedTrainer:
         idx = torch.tensor(rows, device=self.device)
         old = self.params
         self.params = {k: p.detach()[idx].clone().requires_grad_(True) for k, p in old.items()}
-        opt = self.make_optimizer(list(self.params.values()), self.lr)
+        opt = self.make_optimizer(list(self.params.values()), self.lr, **self.optim)
         for k, p in old.items():
             state = self.opt.state.get(p, {})
             opt.state[self.params[k]] = {
@@ -302,7 +304,7 @@ def _train(cfg: dict, store: Store, name: str, statuses: dict, todo: list) -> di
     # the noise of the stacked steps: one stream for the seeds trained together
     torch.manual_seed(zlib.crc32(("stacked:" + ",".join(str(s) for s, _, _ in todo)).encode()))
     trainer = StackedTrainer(task_list, est, data, int(cfg["train"]["batch_size"]),
-                             float(cfg["train"]["lr"]), gens)
+                             float(cfg["train"]["lr"]), gens, optimizer_options(cfg["train"]))
 
     stacked = [s for s, _, _ in todo]
     active = []  # per position in the stack: seed, config, record, task copy, label

@@ -23,6 +23,7 @@ from .config import (
 from .counting import cost_metrics
 from .loggers import make as make_tracker
 from .loop import StepClock, Trainer, evaluation_metrics, git_sha
+from .optim import optimizer_options
 from .results import Run, Store
 
 log = logging.getLogger("bench")
@@ -65,7 +66,8 @@ def _train(cfg: dict, h: str, store: Store, label: str) -> str:
     task = tasks.build(cfg["task"], data, device)
     est = build_estimator(cfg)
     est.check_latents(*task.latent_shape)
-    trainer = Trainer(task, est, data, int(cfg["train"]["batch_size"]), float(cfg["train"]["lr"]))
+    trainer = Trainer(task, est, data, int(cfg["train"]["batch_size"]), float(cfg["train"]["lr"]),
+                      optimizer_options(cfg["train"]))
 
     meta = {"estimator": cfg["estimator"]["name"], "task": cfg["task"]["name"],
             "dataset": cfg["dataset"]["name"], "seed": cfg["seed"],

@@ -88,7 +88,8 @@ class Estimator:
     * ``relaxed``: it is unbiased for the Gumbel-Softmax relaxed objective at
       temperature ``self.temperature``;
     * ``hard_forward``: ``f`` only ever sees one-hot samples;
-    * ``binary_only``: refuses K > 2;
+    * ``binary_only``: refuses K > 2; ``logit_scale`` (where set, else 1): the last
+      call's divisor of the logits' gradient (variance normalisation, ``_normalize``);
     * ``kl``: ``"categorical"`` (analytic KL of the discrete model, added by the
       task), ``"concrete"`` (the estimator computes the relaxed KL, ``relaxed_kl``)
       or ``"sampled"`` (the task puts log q(z) - log p(z) inside f: multi-sample

@@ -10,11 +10,15 @@ zbar = E_q[z] = softmax(logits) as control variate, plus its analytic mean:
 expectation f(zbar) + f'(zbar)^T (E z - zbar), whose score-function part is
 replaced by its exact gradient. f is evaluated at the hard sample and at the
 mean-field point (a point inside the simplex), so ``hard_forward`` is False.
-Parameters inside f get d f(z) at the sample.
+Parameters inside f get d f(z) at the sample. ``normalize: true``: the whole
+gradient reaching the logits (both terms) is divided by max(1, sigma), sigma^2 a
+moving average of the variance of the residual signal in brackets
+(``estimators._normalize``; unbiased up to that known factor, ``logit_scale``).
 """
 
 import torch
 
+from ._normalize import VarianceNormalized
 from .base import (
     Estimator,
     EstimatorOutput,
@@ -26,13 +30,15 @@ from .base import (
 
 
 @register("muprop")
-class MuProp(Estimator):
+class MuProp(VarianceNormalized, Estimator):
     unbiased = True
 
-    def __init__(self):
+    def __init__(self, normalize: bool = False, normalize_decay: float = 0.8):
         super().__init__()
+        self.init_normalize(normalize, normalize_decay)
 
     def estimate(self, logits, f):
+        logits = self.normalized(logits)
         p = softmax(logits)
         z = sample_one_hot(logits.detach())
         with torch.enable_grad():
@@ -45,4 +51,5 @@ class MuProp(Estimator):
         log_q = log_prob_one_hot(logits, z)
         surrogate = (fz.mean() + (signal * (log_q - log_q.detach())).mean()
                      + (fp * (p - p.detach())).sum() / logits.shape[0])
+        self.update_variance(signal)
         return EstimatorOutput(loss=fz, surrogate=surrogate, sample=z)

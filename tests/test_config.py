@@ -59,10 +59,37 @@ def test_every_experiment_composes(exp):
     ("train.lr=-1", "train.lr"),
     ("eval.grad_samples=1", "eval.grad_samples"),
     ("device=tpu", "device"),
+    ("train.optimizer=rmsprop", "train.optimizer"),
+    ("train.optimizer=sgd train.momentum=-0.1", "train.momentum"),
+    ("train.optimizer=sgd train.momentum=1.0", "train.momentum"),
+    ("train.optimizer=sgd train.nesterov=true", "train.nesterov"),
+    ("train.optimizer=sgd train.nesterov=yes", "train.nesterov"),
+    ("train.optimizer=adam train.momentum=0.9", "train.momentum"),
+    ("train.weight_decay=-1", "train.weight_decay"),
+    ("train.betas=[0.9]", "train.betas"),
+    ("train.betas=[0.9,1.0]", "train.betas"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        validate(compose_cfg(override))
+        validate(compose_cfg(*override.split()))
+
+
+def test_sgd_with_momentum_and_nesterov_validates():
+    validate(compose_cfg("train.optimizer=sgd", "train.momentum=0.9", "train.nesterov=true",
+                         "train.weight_decay=1e-4"))
+
+
+def test_optimizer_keys_at_their_defaults_keep_the_old_hash():
+    """Configs stored before train.optimizer existed keep their hash (and so are
+    still skipped on re-run); any other value changes it."""
+    from bench.config import ADDED_DEFAULTS
+
+    a = compose_cfg()
+    old = {**a, "train": {k: v for k, v in a["train"].items()
+                          if k not in ADDED_DEFAULTS["train"]}}
+    assert config_hash(a) == config_hash(old)
+    for over in ("train.optimizer=sgd", "train.weight_decay=0.1", "train.betas=[0.5,0.999]"):
+        assert config_hash(compose_cfg(over)) != config_hash(a), over
 
 
 def test_config_hash_ignores_paths_only():

@@ -173,10 +173,20 @@ def test_unbiased_matches_exact_gradient(name, k, n):
     torch.manual_seed(1)
     logits = logits_for(k, n=n)
     w = torch.tensor(0.7, dtype=torch.float64)
-    gl, gw = per_copy_gradients(make(name), logits, w, m=20000)
+    est = make(name)
+    warm_up(est, logits, w)
+    gl, gw = per_copy_gradients(est, logits, w, m=20000)
     el, ew = exact_gradients(logits, w, exact_objective)
-    assert z_test(gl, el) < Z_MAX
+    assert z_test(gl * float(getattr(est, "logit_scale", 1.0)), el) < Z_MAX
     assert z_test(gw[:, None], ew[None]) < Z_MAX
+
+
+def warm_up(est, logits, w, calls: int = 4) -> None:
+    """Move a stateful estimator (baselines, variance normalisation) off its start with
+    a few calls on a loss of larger spread, so its state is not trivial when tested."""
+    big = logits.detach().repeat(50, 1, 1)
+    for _ in range(calls):
+        est(big, lambda z: 30 * objective(z, w))
 
 
 def test_z_test_has_power_against_a_biased_estimator():

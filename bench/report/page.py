@@ -166,8 +166,8 @@ def _build(results, out: Output, data_dir, samples: bool, figures: bool, budgets
     info = row_info(df) if not df.empty else pd.DataFrame(columns=["published"])
     rows = list(info.index)
 
-    keep = [c for c in COLUMNS + ["status", "row", "cell", "setting", "experiment", "reduced",
-                                  "train_steps"] if c in df]
+    keep = [c for c in COLUMNS + ["status", "row", "cell", "setting", "experiment", "protocol",
+                                  "reduced", "train_steps"] if c in df]
     tdir.write("rows.csv", lambda t: _write_rows(df[keep], t))
     tdir.write_csv("summary.csv", summ, index=False)
 

@@ -51,7 +51,8 @@ def load_runs(path) -> Runs:
     path = Path(path)
     if path.is_file():
         rows = pd.read_csv(path, dtype={"git_sha": str, "config_hash": str, "run_id": str})
-        for col, default in (("setting", ""), ("experiment", ""), ("reduced", False),
+        for col, default in (("setting", ""), ("experiment", ""), ("protocol", ""),
+                             ("reduced", False),
                              ("status", "complete")):
             if col not in rows:
                 rows[col] = default
@@ -83,7 +84,7 @@ def _label(runs: Runs) -> None:
     """Attach row / cell / setting / experiment / reduced columns to runs.rows."""
     df = runs.rows
     if df.empty:
-        for c in ("row", "cell", "setting", "experiment"):
+        for c in ("row", "cell", "setting", "experiment", "protocol"):
             df[c] = pd.Series(dtype=str)
         df["reduced"] = pd.Series(dtype=bool)
         return
@@ -99,6 +100,7 @@ def _label(runs: Runs) -> None:
                          task=str(first.task), dataset=str(first.dataset), steps=int(steps),
                          setting=str(rep.get("setting", "")),
                          experiment=str(rep.get("experiment", "")),
+                         protocol=str(rep.get("protocol", "")),
                          reduced=bool(rep.get("reduced", False)),
                          est=str(first.estimator),
                          est_opts=json.dumps({k: v for k, v in (cfg.get("estimator") or {}).items()
@@ -111,7 +113,8 @@ def _label(runs: Runs) -> None:
         where = i["experiment"] or i["setting"] or i["dataset"]
         if i["setting"] and not where.startswith(i["setting"]):
             where = f"{i['setting']}, {where}"  # e.g. the architecture of a grid
-        return f"{i['task']} ({where}, {_steps_label(i['steps'])} steps)"
+        proto = f", protocol {i['protocol']}" if i["protocol"] else ""  # report.protocol
+        return f"{i['task']} ({where}, {_steps_label(i['steps'])} steps{proto})"
 
     base = {s: describe(i) for s, i in by_sig.items()}
     counts = pd.Series(list(base.values())).value_counts()
@@ -139,5 +142,5 @@ def _label(runs: Runs) -> None:
     per_run["cell"] = pd.Series(cell)
     per_run = per_run.rename(columns={"steps": "train_steps"})
     at = per_run.index.get_indexer(df["run_id"])  # one lookup per row, then takes
-    for key in ("row", "cell", "setting", "experiment", "reduced", "train_steps"):
+    for key in ("row", "cell", "setting", "experiment", "protocol", "reduced", "train_steps"):
         df[key] = per_run[key].to_numpy()[at]

@@ -4,9 +4,10 @@ estimator on the validation split, and report the test metrics of the choice
 
     python -m bench ssl_select RESULTS_DIR [--out DIR]
 
-For every (estimator, seed) the run whose final evaluation has the highest
-``valid_accuracy`` is chosen among the alphas tried (the test split is never
-looked at to choose); its ``test_accuracy``, ``test_neg_elbo`` and
+One use of ``python -m bench select`` (bench/report/select.py): per estimator,
+the alpha whose runs' final evaluations have the highest mean ``valid_accuracy``
+over seeds is chosen among the alphas tried (the test split is never looked at
+to choose); its ``test_accuracy``, ``test_neg_elbo`` and
 ``steps_per_s`` (1 / median step time) are summarised over seeds as mean and
 95% Student-t half-width. Writes ``grid.csv`` (every run's final metrics),
 ``selected.csv``, ``table.md`` and ``curves.png`` (accuracy and bound against
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..report.select import choose
 from ..report.stats import mean_ci
 from ..results import load
 
@@ -62,11 +64,12 @@ def final_table(df: pd.DataFrame, configs: dict[str, dict]) -> pd.DataFrame:
 
 
 def select(grid: pd.DataFrame) -> pd.DataFrame:
-    """Per (dataset, estimator, seed): the alpha with the best validation accuracy
-    (ties: the smaller alpha)."""
-    g = grid.sort_values(["valid_accuracy", "alpha"], ascending=[False, True])
-    return (g.groupby(["dataset", "estimator", "seed"], as_index=False).head(1)
-            .sort_values(["dataset", "estimator", "seed"]).reset_index(drop=True))
+    """Per (dataset, estimator): the alpha with the best mean validation accuracy over
+    seeds, by ``bench.report.select.choose`` (ties: more seeds, then the smaller
+    alpha); the chosen alpha's runs, one line per seed, with its ``edge`` flag."""
+    chosen, _ = choose(grid, "valid_accuracy", True, ["dataset", "estimator"], swept=["alpha"])
+    cols = [c for c in grid.columns] + ["edge"]
+    return chosen[cols].sort_values(["dataset", "estimator", "seed"]).reset_index(drop=True)
 
 
 def _fmt(m, h, scale=1.0, digits=1):
@@ -76,8 +79,8 @@ def _fmt(m, h, scale=1.0, digits=1):
 
 
 def markdown(grid: pd.DataFrame, chosen: pd.DataFrame) -> str:
-    lines = ["Alpha chosen per estimator and seed by validation accuracy; test metrics of "
-             "that choice (mean ± 95% t half-width over seeds where there are several).", "",
+    lines = ["Alpha chosen per estimator by mean validation accuracy over seeds; test metrics "
+             "of that choice (mean ± 95% t half-width over seeds where there are several).", "",
              "| dataset | estimator | seeds | alpha chosen | steps | test accuracy (%) "
              "| test ELBO (nats) | steps/s | published accuracy (%) | published ELBO |",
              "|---|---|---|---|---|---|---|---|---|---|"]
