@@ -103,8 +103,10 @@ def job_configs(overrides: list[str], multirun: bool, check_code: bool = False,
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         plain = [s for s, o in zip(overrides, parser.parse_overrides(overrides))
                  if not o.is_sweep_override()]
+        # the schema of the same group choices (searched in a --config-dir too)
+        search = [o for o in overrides if o.startswith("hydra.searchpath=")]
         keys.check(plain, OmegaConf.to_container(compose(
-            "config", overrides=keys.group_overrides(plain, CONF_DIR))), CONF_DIR)
+            "config", overrides=search + keys.group_overrides(plain, CONF_DIR))), CONF_DIR)
         base = compose("config", overrides=plain, return_hydra_config=True)
         if check_code:
             from .trust import check_hydra_config
@@ -122,7 +124,7 @@ def job_configs(overrides: list[str], multirun: bool, check_code: bool = False,
             jobs = [job for batch in batches for job in batch]
         out, schemas = [], {}
         for job in jobs:
-            groups = tuple(keys.group_overrides(list(job), CONF_DIR))
+            groups = tuple(search + keys.group_overrides(list(job), CONF_DIR))
             if groups not in schemas:  # the config of the same groups, without the values
                 schemas[groups] = OmegaConf.to_container(compose("config", overrides=list(groups)))
             keys.check(list(job), schemas[groups], CONF_DIR)
