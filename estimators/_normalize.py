@@ -16,6 +16,9 @@ the previous steps' values instead keeps this exact and differs by one step of
 the average. Dividing the whole logits gradient (for MuProp also its analytic
 mean term, not only the residual signal) is what keeps the estimate a rescaled
 unbiased one: the division acts like a data-driven learning rate of the encoder.
+A task that adds an analytic KL outside the estimator divides that KL's logits
+gradient by the same ``logit_scale`` (tasks.base.kl_logits), so the encoder's whole
+gradient is rescaled, not the KL reweighted against the reconstruction.
 
 State (checkpointable like reinforce's EMA baseline): ``signal_var``, a detached
 0-d tensor or None before the first update; nothing moves while ``frozen()``.

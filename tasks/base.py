@@ -13,6 +13,8 @@ A task builds its model from its config and the dataset, and exposes
 
 from __future__ import annotations
 
+import torch
+
 _REGISTRY: dict[str, type] = {}
 
 
@@ -23,6 +25,19 @@ def report_progress(task, done: int, total: int, what: str) -> None:
     fn = getattr(task, "eval_progress", None)
     if fn is not None:
         fn(done, total, what)
+
+
+def kl_logits(logits, estimator):
+    """The logits as the analytic KL should see them. A variance-normalised estimator
+    (``logit_scale`` s > 1, estimators/_normalize.py) divides the gradient that reaches
+    the logits by s; the KL the task adds must have its logits gradient divided by the
+    same s, so that the encoder's whole gradient is the -ELBO's gradient rescaled (a
+    per-step learning rate of the encoder) rather than the KL weighted s times more
+    than the reconstruction. Same values; the prior's gradient is not touched."""
+    s = getattr(estimator, "logit_scale", 1.0)
+    if not isinstance(s, torch.Tensor) and s == 1.0:
+        return logits
+    return logits.detach() + (logits - logits.detach()) / s
 
 
 class TaskConfigError(ValueError):

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from estimators import categorical_kl
 
-from .base import TaskConfigError, register
+from .base import TaskConfigError, kl_logits, register
 from .datasets import binarize
 
 Tensor = torch.Tensor
@@ -224,7 +224,7 @@ class SemiSupervised(nn.Module):
         if logits is None:
             logits = self.class_logits(x)
         out = estimator(logits, lambda y: self.neg_elbo_given_y(x, y.squeeze(-2)))
-        return out.surrogate + self._kl_y(estimator, out, logits).mean(), out
+        return out.surrogate + self._kl_y(estimator, out, kl_logits(logits, estimator)).mean(), out
 
     def labelled_loss(self, x: Tensor, y: Tensor, class_logits: Tensor) -> tuple[Tensor, Tensor]:
         """(mean L(x, y), mean cross-entropy -log q(y|x)) over a labelled batch."""

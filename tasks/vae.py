@@ -21,7 +21,7 @@ from estimators import categorical_kl
 from estimators.base import log_softmax
 
 from . import _hard
-from .base import TaskConfigError, register, report_progress
+from .base import TaskConfigError, kl_logits, register, report_progress
 
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU}
 
@@ -114,7 +114,7 @@ class VAE(nn.Module):
     def loss(self, x, estimator):
         logits = self.logits(x)
         out = estimator(logits, self.loss_fn(x, logits, estimator))
-        return out.surrogate + self.kl(estimator, out, logits).mean(), out
+        return out.surrogate + self.kl(estimator, out, kl_logits(logits, estimator)).mean(), out
 
     # --- evaluation on the discrete model ------------------------------------
     # The evaluations below draw the samples sample_one_hot draws, as indices, and

@@ -201,3 +201,39 @@ def test_state_is_kept_in_checkpointable_attributes():
     for attr in ("signal_mean", "signal_var"):
         v = getattr(est, attr)
         assert torch.is_tensor(v) and v.dim() == 0 and not v.requires_grad
+
+
+@pytest.mark.parametrize("name", ["reinforce", "muprop", "nvil"])
+def test_the_tasks_analytic_kl_is_normalised_with_the_estimator(name):
+    """In the VAE the estimator handles the reconstruction and the task adds the
+    analytic KL; with normalisation the encoder's WHOLE gradient (estimator part and
+    KL part) is divided by s (a rescaled -ELBO gradient), while the decoder's and the
+    learned prior's gradients stay bit for bit the same. Without the KL scaled as well
+    (tasks.base.kl_logits) the encoder would weight the KL s times more."""
+    from types import SimpleNamespace
+
+    import tasks
+
+    stub = SimpleNamespace(dim=12, num_classes=10, image_shape=(3, 4))
+    x = (torch.rand(8, 12, generator=torch.Generator().manual_seed(1)) < 0.5).float()
+    grads = {}
+    for normalize in (False, True):
+        torch.manual_seed(0)
+        task = tasks.get_class("categorical_vae")(
+            data=stub, latents=3, categories=4, encoder_hidden=[16], decoder_hidden=[16],
+            learn_prior=True)
+        est = estimators.get(name, normalize=normalize)
+        est.signal_var = torch.tensor(16.0)  # sigma = 4
+        if name == "nvil":
+            est.input_baseline = False
+        torch.manual_seed(2)
+        obj, _ = task.loss(x, est)
+        obj.backward()
+        grads[normalize] = {n: p.grad.clone() for n, p in task.named_parameters()}
+    enc = [n for n in grads[True] if n.startswith("encoder")]
+    rest = [n for n in grads[True] if not n.startswith("encoder")]
+    assert enc and any(n.startswith("prior") for n in rest)
+    for n in enc:
+        torch.testing.assert_close(grads[True][n] * 4, grads[False][n], rtol=1e-5, atol=1e-7)
+    for n in rest:
+        assert torch.equal(grads[True][n], grads[False][n]), n
