@@ -210,6 +210,9 @@ def cmd_run(args: list[str]) -> int:
     from . import app
 
     # each grid its own Hydra log folder (conf/config.yaml: hydra.run.dir, sweep.dir)
+    # (for this command only: a process that runs `bench run` in-process, such as a test
+    # session, must not hand its id to the next `bench run` it starts as a subprocess)
+    run_id_before = os.environ.get("BENCH_RUN_ID")
     os.environ.setdefault("BENCH_RUN_ID", f"{socket.gethostname()}-{os.getpid()}")
     sys.argv = ["bench run", *flags, *overrides]
     if any(f in ("--shell-completion", "-sc") for f in flags):
@@ -231,6 +234,8 @@ def cmd_run(args: list[str]) -> int:
         return 143
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if run_id_before is None:
+            os.environ.pop("BENCH_RUN_ID", None)
     _compact(c["results_dir"] for c in configs)
     if not info_only and len(configs) > 1:
         from .summary import grid_summary

@@ -63,6 +63,23 @@ def test_two_identical_grids_split_the_work(tmp_path):
     assert not leftovers(tmp_path)
 
 
+def test_an_in_process_run_does_not_hand_its_grid_id_to_later_processes(tmp_path, monkeypatch):
+    """`bench run` sets BENCH_RUN_ID (its Hydra folder) for itself only: a process that
+    ran it in-process would otherwise give every `bench run` it starts later the same
+    log folder (two grids, one folder)."""
+    from bench import cli
+
+    monkeypatch.delenv("BENCH_RUN_ID", raising=False)
+    assert cli.main(["run", *SMALL, "train.steps=2", "eval.every=2",
+                     f"results_dir={tmp_path}"]) == 0
+    assert "BENCH_RUN_ID" not in os.environ
+    monkeypatch.setenv("BENCH_RUN_ID", "mine")  # a user's own id is kept
+    assert cli.main(["run", *SMALL, "train.steps=2", "eval.every=2", "seed=1",
+                     f"results_dir={tmp_path}"]) == 0
+    assert os.environ["BENCH_RUN_ID"] == "mine"
+    assert list((tmp_path / "hydra").glob("*/*-mine"))
+
+
 def test_lock_heartbeat_stale_takeover_and_live_owner(tmp_path):
     path = tmp_path / "runs" / "h" / ".lock"
     a = ConfigLock(path, stale_s=0.6)
