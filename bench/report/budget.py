@@ -245,7 +245,7 @@ def cost_curve_data(df: pd.DataFrame, metric: str, x: str, log: bool = False) ->
 def plot_vs_cost(df, rows, metric, x, out, name, log=False, budgets=()) -> list[str]:
     """``metric`` against cost ``x`` (f_evals on a log axis, or train_time_s), one
     panel per report row; dashed lines at the budgets."""
-    from .figures import _markers, _palette, pyplot, save
+    from .figures import _markers, _palette, finish_panels, pyplot, save
 
     data = cost_curve_data(df, metric, x, log)
     if x == "f_evals":
@@ -278,15 +278,7 @@ def plot_vs_cost(df, rows, metric, x, out, name, log=False, budgets=()) -> list[
         ax.set_title(row, fontsize=10)
         ax.set_xlabel(COST_LABELS.get(x, x))
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
-    for ax in list(axes.flat)[len(rows):]:
-        ax.set_visible(False)
-    handles = {}
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-            handles.setdefault(lab, h)
-    labels = column_order(handles)
-    fig.legend([handles[lab] for lab in labels], labels, loc="center left",
-               bbox_to_anchor=(1.0, 0.5), frameon=False, title="estimator")
+    finish_panels(fig, axes, len(rows))
     bands = "bands: 95% CI over seeds" if data["n"].max() > 1 else "one seed: no CI"
     fig.suptitle(f"{METRIC_LABELS.get(metric, metric)} at equal cost ({bands})", fontsize=11)
     fig.tight_layout()

@@ -64,6 +64,20 @@ def save(fig, out, name: str, formats=None) -> list[str]:
 MIN_SEEDS_FOR_BAND = 3
 
 
+def finish_panels(fig, axes, n_used: int) -> None:
+    """Hide the spare panels of a grid of ``n_used`` panels and draw one legend for
+    the whole figure, estimators in the papers' column order."""
+    for ax in list(axes.flat)[n_used:]:
+        ax.set_visible(False)
+    handles = {}
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(lab, h)
+    labels = column_order(handles)
+    fig.legend([handles[lab] for lab in labels], labels, loc="center left",
+               bbox_to_anchor=(1.0, 0.5), frameon=False, title="estimator")
+
+
 def curve_data(df: pd.DataFrame, metric: str, x: str = "step", log: bool = False) -> pd.DataFrame:
     """Per (row, cell, step): x (mean over seeds), y mean over seeds and the band
     mean ± 1 standard error (nan below MIN_SEEDS_FOR_BAND seeds). ``x='train_time'``:
@@ -192,15 +206,7 @@ def plot_curves(df, rows, metric, x, out, name, ylabel, xlabel, log=False) -> li
         x0, x1 = float(d["x"].min()), float(d["x"].max())
         padx = 0.03 * (x1 - x0) if x1 > x0 else 1.0
         ax.set_xlim(x0 - padx, x1 + padx)
-    for ax in list(axes.flat)[len(rows):]:
-        ax.set_visible(False)
-    handles = {}
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-            handles.setdefault(lab, h)
-    labels = column_order(handles)
-    fig.legend([handles[lab] for lab in labels], labels, loc="center left",
-               bbox_to_anchor=(1.0, 0.5), frameon=False, title="estimator")
+    finish_panels(fig, axes, len(rows))
     band = ("±1 standard error of log10 over seeds" if log
             else "±1 standard error of the mean over seeds")
     fig.suptitle(METRIC_LABELS.get(metric, metric), fontsize=11)
