@@ -148,3 +148,21 @@ def test_selection_from_a_store_of_its_own(tmp_path):
     t = pd.read_csv(out / "table1.csv").set_index(["row", "column"])
     assert t.loc[("sbn", "ST"), "mean"] == pytest.approx(60.0)
     assert "selection runs of " in (out / "REPORT.md").read_text()
+
+
+def test_the_choice_is_select_s_a_diverged_seed_scores_worst(tmp_path):
+    """table1 chooses with `bench select`'s rule: a setting whose seed diverged scores
+    worst (counting only its finished seeds would pick lr 1e-3 here), and both commands
+    pick the same setting from the same store."""
+    from bench.report.select import select_store
+    from bench.report.table1_runs import chosen_settings
+
+    sel = tmp_path / "selection"
+    plant(sel, "sbn", "straight_through", 0, 200, 1e-3, 50.0, 50.0)
+    plant(sel, "sbn", "straight_through", 1, 200, 1e-3, 50.0, 50.0, status="diverged")
+    for seed in (0, 1):
+        plant(sel, "sbn", "straight_through", seed, 200, 1e-4, 55.0, 55.0)
+    ours = chosen_settings(tmp_path / "final", selection=sel, final_steps=FINAL)
+    assert ours[("sbn", "straight_through")]["lr"] == pytest.approx(1e-4)
+    _, chosen, *_ = select_store(sel)
+    assert set(chosen["train.lr"]) == {1e-4}

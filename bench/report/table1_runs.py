@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..results import load
+from .select import choose
 
 HYPER = {"lr": ("train", "lr"), "anneal_rate": ("estimator", "anneal_rate"),
          "anneal_every": ("estimator", "anneal_every")}
@@ -77,21 +78,26 @@ def read_select(path: Path) -> dict:
 
 
 def select_here(runs, finals, final_steps) -> dict:
-    """The setting with the lowest mean final valid_neg_elbo among the selection runs."""
+    """The choice of ``python -m bench select`` (bench/report/select.py, the same rule):
+    per (task, estimator), the setting with the lowest mean final valid_neg_elbo over
+    seeds among the selection runs; a diverged run scores worst; ties go to more seeds,
+    then smaller values. Never a test metric."""
     valid = finals[finals["metric"] == "valid_neg_elbo"].set_index("run_id")["value"]
-    sel = runs[(runs["status"] == "complete") & (runs["steps"] != final_steps)].copy()
-    sel["valid"] = sel["run_id"].map(valid)
+    sel = runs[runs["status"].isin(["complete", "diverged"])
+               & (runs["steps"] != final_steps)].copy()
+    sel["valid_neg_elbo"] = sel["run_id"].map(valid)
+    chosen, _ = choose(sel, "valid_neg_elbo", False, ["task", "estimator"],
+                       config_cols=list(HYPER))
     out = {}
-    for (task, est), g in sel.dropna(subset=["valid"]).groupby(["task", "estimator"]):
-        keys = [k for k in HYPER if g[k].notna().any()]
-        means = g.groupby(keys, dropna=False)["valid"].mean() if keys else None
-        if means is None or means.empty:
-            continue
-        best = means.idxmin()
-        best = best if isinstance(best, tuple) else (best,)
-        out[(task, est)] = dict(zip(keys, (float(b) for b in best), strict=True))
-        out[(task, est)]["_tried"] = sorted(g["lr"].dropna().unique())
-        out[(task, est)]["_valid"] = float(means.min())
+    if chosen.empty:
+        return out
+    for (task, est), g in chosen.groupby(["task", "estimator"]):
+        swept = [k for k in g["swept"].iloc[0].split(", ") if k]
+        keys = [k for k in HYPER if k in swept or g[k].notna().all()]
+        out[(task, est)] = {k: float(g[k].iloc[0]) for k in keys}
+        tried = sel[(sel["task"] == task) & (sel["estimator"] == est)]["lr"]
+        out[(task, est)]["_tried"] = sorted(tried.dropna().unique())
+        out[(task, est)]["_valid"] = float(g["score"].iloc[0])
     return out
 
 
@@ -111,7 +117,10 @@ def protocol_file(task: str, est: str, chosen: dict) -> str:
 
 def final_commands(chosen_all: dict, final_steps: int, seeds: int, store, rows,
                    columns) -> list[str]:
-    """One resumable `python -m bench run` grid per cell at its chosen setting."""
+    """One resumable `python -m bench run` grid per cell at its chosen setting, its
+    seeds one after another: run two copies of the script at once and the store's
+    locks split the runs between them (a copy skips a config the other is training),
+    so both cores stay busy to the last run (bench/store/lock.py)."""
     out = []
     for task, *_ in rows:
         for est, col in columns:
@@ -125,7 +134,7 @@ def final_commands(chosen_all: dict, final_steps: int, seeds: int, store, rows,
                 f"+experiment/jang_protocol_estimator={protocol_file(task, est, chosen)} "
                 f"task={task} train.lr={chosen['lr']:g} train.steps={final_steps} "
                 f"seed={','.join(str(s) for s in range(seeds))} "
-                f"launcher=joblib hydra.launcher.n_jobs=2 results_dir={store} "
+                f"results_dir={store} "
                 f"data_dir=../shared/data")
     return out
 
