@@ -19,27 +19,33 @@ from __future__ import annotations
 import torch
 
 
-class FusedAdam(torch.optim.Adam):
-    def __init__(self, params, lr: float = 1e-3, **kwargs):
-        super().__init__(params, lr=lr, fused=True, **kwargs)
-        self._lists = None  # per group: (params, exp_avgs, exp_avg_sqs, steps)
+class _KeptLists:
+    """What FusedAdam and FusedSGD share: the per-group tensor lists, built once by
+    ``_group_lists`` (None where the fast path does not apply) and dropped when the
+    state is replaced; ``step`` calls ``_fused_step`` on them, else torch's own step."""
+
+    _lists = None
+
+    def _group_lists(self, group, ps):
+        raise NotImplementedError
+
+    def _fused_step(self, group, ps, *lists):
+        raise NotImplementedError
 
     def _fast_lists(self):
         if self._lists is None:
             lists = []
             for group in self.param_groups:
-                if (group["amsgrad"] or group["maximize"] or group["differentiable"]
-                        or group.get("decoupled_weight_decay", False)
+                if (group["maximize"] or group["differentiable"]
                         or not isinstance(group["lr"], float)):
                     return None
                 ps = list(group["params"])
-                states = [self.state.get(p) for p in ps]
-                if not all(s and {"exp_avg", "exp_avg_sq", "step"} <= s.keys() for s in states):
-                    return None
                 if len({(p.device, p.dtype) for p in ps}) > 1:
                     return None
-                lists.append((ps, [s["exp_avg"] for s in states],
-                              [s["exp_avg_sq"] for s in states], [s["step"] for s in states]))
+                kept = self._group_lists(group, ps)
+                if kept is None:
+                    return None
+                lists.append((ps, *kept))
             self._lists = lists
         return self._lists
 
@@ -53,20 +59,36 @@ class FusedAdam(torch.optim.Adam):
         if lists is None or any(p.grad is None for ps, *_ in lists for p in ps):
             self._lists = None
             return super().step(closure)
-        for group, (ps, exp_avgs, exp_avg_sqs, steps) in zip(self.param_groups, lists,
-                                                            strict=True):
-            if not ps:
-                continue
-            beta1, beta2 = group["betas"]
-            torch._foreach_add_(steps, 1)
-            torch._fused_adam_(ps, [p.grad for p in ps], exp_avgs, exp_avg_sqs, [], steps,
-                               amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2,
-                               weight_decay=group["weight_decay"], eps=group["eps"],
-                               maximize=False, grad_scale=None, found_inf=None)
+        for group, (ps, *kept) in zip(self.param_groups, lists, strict=True):
+            if ps:
+                self._fused_step(group, ps, *kept)
         return None
 
 
-class FusedSGD(torch.optim.SGD):
+class FusedAdam(_KeptLists, torch.optim.Adam):
+    def __init__(self, params, lr: float = 1e-3, **kwargs):
+        super().__init__(params, lr=lr, fused=True, **kwargs)
+
+    def _group_lists(self, group, ps):
+        """(exp_avgs, exp_avg_sqs, steps), once every parameter has its state."""
+        if group["amsgrad"] or group.get("decoupled_weight_decay", False):
+            return None
+        states = [self.state.get(p) for p in ps]
+        if not all(s and {"exp_avg", "exp_avg_sq", "step"} <= s.keys() for s in states):
+            return None
+        return ([s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                [s["step"] for s in states])
+
+    def _fused_step(self, group, ps, exp_avgs, exp_avg_sqs, steps):
+        beta1, beta2 = group["betas"]
+        torch._foreach_add_(steps, 1)
+        torch._fused_adam_(ps, [p.grad for p in ps], exp_avgs, exp_avg_sqs, [], steps,
+                           amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2,
+                           weight_decay=group["weight_decay"], eps=group["eps"],
+                           maximize=False, grad_scale=None, found_inf=None)
+
+
+class FusedSGD(_KeptLists, torch.optim.SGD):
     """``torch.optim.SGD(fused=True)`` (momentum, Nesterov, weight decay), with the
     per-step Python walk skipped in the same way as ``FusedAdam``: once every
     parameter has its momentum buffer (or at once, without momentum), the lists are
@@ -75,46 +97,20 @@ class FusedSGD(torch.optim.SGD):
 
     def __init__(self, params, lr: float = 1e-3, **kwargs):
         super().__init__(params, lr=lr, fused=True, **kwargs)
-        self._lists = None  # per group: (params, momentum buffers or [])
 
-    def _fast_lists(self):
-        if self._lists is None:
-            lists = []
-            for group in self.param_groups:
-                if (group["maximize"] or group["differentiable"]
-                        or not isinstance(group["lr"], float)):
-                    return None
-                ps = list(group["params"])
-                bufs = []
-                if group["momentum"] != 0:
-                    bufs = [self.state.get(p, {}).get("momentum_buffer") for p in ps]
-                    if any(b is None for b in bufs):
-                        return None
-                if len({(p.device, p.dtype) for p in ps}) > 1:
-                    return None
-                lists.append((ps, bufs))
-            self._lists = lists
-        return self._lists
+    def _group_lists(self, group, ps):
+        """(momentum buffers,) once they exist; ([],) without momentum."""
+        if group["momentum"] == 0:
+            return ([],)
+        bufs = [self.state.get(p, {}).get("momentum_buffer") for p in ps]
+        return None if any(b is None for b in bufs) else (bufs,)
 
-    def load_state_dict(self, state_dict) -> None:
-        self._lists = None
-        super().load_state_dict(state_dict)
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        lists = self._fast_lists() if closure is None else None
-        if lists is None or any(p.grad is None for ps, _ in lists for p in ps):
-            self._lists = None
-            return super().step(closure)
-        for group, (ps, bufs) in zip(self.param_groups, lists, strict=True):
-            if not ps:
-                continue
-            torch._fused_sgd_(ps, [p.grad for p in ps], bufs,
-                              weight_decay=group["weight_decay"], momentum=group["momentum"],
-                              lr=group["lr"], dampening=group["dampening"],
-                              nesterov=group["nesterov"], maximize=False, is_first_step=False,
-                              grad_scale=None, found_inf=None)
-        return None
+    def _fused_step(self, group, ps, bufs):
+        torch._fused_sgd_(ps, [p.grad for p in ps], bufs,
+                          weight_decay=group["weight_decay"], momentum=group["momentum"],
+                          lr=group["lr"], dampening=group["dampening"],
+                          nesterov=group["nesterov"], maximize=False, is_first_step=False,
+                          grad_scale=None, found_inf=None)
 
 
 OPTIMIZERS = ("adam", "sgd")
