@@ -126,7 +126,8 @@ def test_table1_without_a_store_is_one_line(tmp_path, capsys):
 
 
 def test_final_commands_at_the_chosen_settings(store, capsys):
-    assert table1.main([str(store), "--final-commands", "--final_steps", str(FINAL)]) == 0
+    assert table1.main([str(store), "--final-commands", "--partial", "--final_steps",
+                        str(FINAL)]) == 0
     lines = capsys.readouterr().out.splitlines()
     sf = next(ln for ln in lines
               if "jang_protocol_estimator=reinforce " in ln and "task=sbn " in ln)
@@ -166,3 +167,33 @@ def test_the_choice_is_select_s_a_diverged_seed_scores_worst(tmp_path):
     assert ours[("sbn", "straight_through")]["lr"] == pytest.approx(1e-4)
     _, chosen, *_ = select_store(sel)
     assert set(chosen["train.lr"]) == {1e-4}
+
+
+def test_final_commands_wait_for_the_whole_selection_grid(tmp_path, capsys):
+    """A cell whose planned grid (six learning rates; x two annealing rates for the
+    Gumbel-Softmax family on the VAE rows) is not all run gets no command, only a line
+    naming what is missing -- a final run chosen from half a grid would be unfair."""
+    from bench.report.table1_runs import LRS, RATES
+
+    sel = tmp_path / "selection"
+    for lr in LRS:  # sbn ST: the whole grid
+        plant(sel, "sbn", "straight_through", 0, 200, lr, 60.0 + lr, 60.0)
+    for lr in LRS[:-1]:  # sbn SF: 3e-3 not run
+        plant(sel, "sbn", "reinforce", 0, 200, lr, 70.0, 70.0)
+    for lr in LRS:  # VAE Gumbel-Softmax: r = 1e-5 only
+        plant(sel, "categorical_vae", "gumbel_softmax", 0, 200, lr, 100.0, 100.0,
+              rate=RATES[0])
+    args = [str(tmp_path / "final"), "--selection", str(sel), "--final-commands",
+            "--final_steps", str(FINAL)]
+    assert table1.main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any("jang_protocol_estimator=straight_through " in ln and "task=sbn " in ln
+               for ln in lines)
+    assert "# sbn SF: selection incomplete, 1 planned setting(s) not run (lr=0.003)" in \
+        "\n".join(lines)
+    gs = next(ln for ln in lines if ln.startswith("# categorical_vae Gumbel-Softmax"))
+    assert "6 planned setting(s) not run" in gs and "r=0.0001" in gs
+    assert not any(ln.startswith("nice") and "reinforce" in ln for ln in lines)
+    assert table1.main(args + ["--partial"]) == 0
+    assert any(ln.startswith("nice") and "reinforce" in ln
+               for ln in capsys.readouterr().out.splitlines())

@@ -4,7 +4,7 @@ validation, rank agreement, curves, and evidence for every large gap.
 
     python -m bench table1 results/jang_table1/final [--out results/jang_table1]
                            [--selection results/jang_table1/selection | --select CHOSEN.csv]
-                           [--cost results/jang_table1/cost.csv] [--final-commands]
+                           [--cost results/jang_table1/cost.csv] [--final-commands [--partial]]
                            [--final_steps 50000] [--seeds 3]
 
 Runs are sorted into the 4 rows (tasks) x 7 columns (estimators) of Table 1. Runs of
@@ -20,7 +20,9 @@ Student-t interval over the final runs at that setting: test_nll (m = 1000) for 
 SBN rows, the single-sample test -ELBO for the VAE rows, with their m = 1000 bound
 beside it. Cells without final runs are "not run yet", with their planned cost from
 ``--cost`` (``python -m bench table1_cost``). Written under ``--out``: REPORT.md,
-table1.csv and figures/valid_<row>.png.
+table1.csv and figures/valid_<row>.png. ``--final-commands`` prints one command per
+cell at its chosen setting, and holds back a cell whose planned selection grid is not
+all run (``--partial`` prints it anyway, marked).
 """
 
 from __future__ import annotations
@@ -256,6 +258,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--no-figures", action="store_true")
     ap.add_argument("--final-commands", action="store_true",
                     help="print the final runs' commands at the chosen settings, write nothing")
+    ap.add_argument("--partial", action="store_true",
+                    help="with --final-commands: also for cells whose selection grid is "
+                         "incomplete (marked)")
     a = ap.parse_args(argv)
     store = Path(a.store)
     selection = a.selection
@@ -267,7 +272,7 @@ def main(argv: list[str]) -> int:
     if a.final_commands:
         chosen = chosen_settings(store, a.select, selection, a.final_steps)
         print("\n".join(final_commands(chosen, a.final_steps, a.seeds, store, ROWS,
-                                         COLUMNS)))
+                                         COLUMNS, a.partial)))
         return 0
     out = Path(a.out) if a.out else store.parent
     cost = a.cost or (out / "cost.csv")

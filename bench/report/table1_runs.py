@@ -16,6 +16,11 @@ from .select import choose
 
 HYPER = {"lr": ("train", "lr"), "anneal_rate": ("estimator", "anneal_rate"),
          "anneal_every": ("estimator", "anneal_every")}
+# the planned selection grid (results/jang_table1/README.md): the paper's six learning
+# rates, and for the Gumbel-Softmax family on the VAE rows the annealing rate r
+LRS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
+RATES = (1e-5, 1e-4)
+ANNEALED = ("annealed_st", "gumbel_softmax", "st_gumbel_softmax")
 
 
 def run_table(store: Path) -> pd.DataFrame:
@@ -97,6 +102,10 @@ def select_here(runs, finals, final_steps) -> dict:
         out[(task, est)] = {k: float(g[k].iloc[0]) for k in keys}
         tried = sel[(sel["task"] == task) & (sel["estimator"] == est)]["lr"]
         out[(task, est)]["_tried"] = sorted(tried.dropna().unique())
+        cell = sel[(sel["task"] == task) & (sel["estimator"] == est)]
+        out[(task, est)]["_settings"] = {(f"{lr:g}", f"{r:g}" if r == r else "")
+                                         for lr, r in zip(cell["lr"], cell["anneal_rate"],
+                                                          strict=True)}
         out[(task, est)]["_valid"] = float(g["score"].iloc[0])
     return out
 
@@ -115,8 +124,22 @@ def protocol_file(task: str, est: str, chosen: dict) -> str:
     return est
 
 
+def missing_settings(task: str, est: str, chosen: dict) -> list[str]:
+    """The settings of the planned grid with no finished selection run (none where the
+    choice came from a CSV, which says nothing of the grid behind it)."""
+    if "_settings" not in chosen:
+        return []
+    rates = RATES if est in ANNEALED and not task.startswith("sbn") else (None,)
+    missing = []
+    for lr in LRS:
+        for r in rates:
+            if (f"{lr:g}", "" if r is None else f"{r:g}") not in chosen["_settings"]:
+                missing.append(f"lr={lr:g}" + ("" if r is None else f", r={r:g}"))
+    return missing
+
+
 def final_commands(chosen_all: dict, final_steps: int, seeds: int, store, rows,
-                   columns) -> list[str]:
+                   columns, partial: bool = False) -> list[str]:
     """One resumable `python -m bench run` grid per cell at its chosen setting, its
     seeds one after another: run two copies of the script at once and the store's
     locks split the runs between them (a copy skips a config the other is training),
@@ -128,6 +151,14 @@ def final_commands(chosen_all: dict, final_steps: int, seeds: int, store, rows,
             if not chosen or "lr" not in chosen:
                 out.append(f"# {task} {col}: no setting chosen yet (run its selection grid)")
                 continue
+            missing = missing_settings(task, est, chosen)
+            if missing:
+                out.append(f"# {task} {col}: selection incomplete, {len(missing)} planned "
+                           f"setting(s) not run ({'; '.join(missing)})"
+                           + (": chosen among those run" if partial
+                              else ": command held back (--partial prints it)"))
+                if not partial:
+                    continue
             exp = "jang_sbn_protocol" if task.startswith("sbn") else "jang_vae_protocol"
             out.append(
                 f"nice -n 10 python -m bench run -m +experiment={exp} "
