@@ -197,3 +197,28 @@ def test_final_commands_wait_for_the_whole_selection_grid(tmp_path, capsys):
     assert table1.main(args + ["--partial"]) == 0
     assert any(ln.startswith("nice") and "reinforce" in ln
                for ln in capsys.readouterr().out.splitlines())
+
+
+def test_the_report_shows_the_selection_grid(tmp_path, store):
+    """REPORT.md's 'Selection grid': every selection run's final valid -ELBO by learning
+    rate, the chosen one in bold, what of the planned grid is not run; and a cell without
+    final runs shows its chosen setting."""
+    plant(store, "sbn_categorical", "darn", 0, 200, 1e-3, 90.0, 90.0)  # no final runs
+    out = tmp_path / "out"
+    assert table1.main([str(store), "--out", str(out), "--final_steps", str(FINAL),
+                        "--no-figures"]) == 0
+    page = (out / "REPORT.md").read_text()
+    grid = page[page.index("## Selection grid"):]
+    sbn = grid[grid.index("(`sbn`)"):grid.index("(`categorical_vae`)")]
+    sf = next(ln for ln in sbn.splitlines() if ln.startswith("| SF |"))
+    cells = [c.strip() for c in sf.split("|")[1:-1]]
+    assert cells[0:2] == ["SF", "-"]
+    assert cells[2 + 2] == "**75.0**" and cells[2 + 4] == "80.0"  # lr 1e-4 chosen, 1e-3 not
+    assert cells[-1] == "4 not run"
+    vae = grid[grid.index("(`categorical_vae`)"):]
+    gs = [ln for ln in vae.splitlines() if "r=" in ln]
+    assert len(gs) == 2 and "**104.0**" in gs[1] and "110.0" in gs[0]
+    main = page[:page.index("## Selection grid")]
+    darn = main[main.index("(`sbn_categorical`)"):]
+    darn = next(ln for ln in darn.splitlines() if ln.startswith("| DARN |"))
+    assert "not run yet" in darn and "lr=0.001 (selection incomplete)" in darn

@@ -20,7 +20,9 @@ Student-t interval over the final runs at that setting: test_nll (m = 1000) for 
 SBN rows, the single-sample test -ELBO for the VAE rows, with their m = 1000 bound
 beside it. Cells without final runs are "not run yet", with their planned cost from
 ``--cost`` (``python -m bench table1_cost``). Written under ``--out``: REPORT.md,
-table1.csv and figures/valid_<row>.png. ``--final-commands`` prints one command per
+table1.csv and figures/valid_<row>.png; REPORT.md ends with the selection grid (every
+selection run's final valid -ELBO by learning rate, the choice in bold;
+bench/report/table1_selection.py). ``--final-commands`` prints one command per
 cell at its chosen setting, and holds back a cell whose planned selection grid is not
 all run (``--partial`` prints it anyway, marked).
 """
@@ -42,10 +44,12 @@ from .table1_runs import (
     HYPER,
     chosen_settings,
     final_commands,
+    missing_settings,
     run_table,
     same_setting,
     setting_label,
 )
+from .table1_selection import section as selection_section
 
 ROWS = [("sbn", "SBN Bernoulli", "jang_sbn", "test_nll"),
         ("sbn_categorical", "SBN categorical", "jang_sbn", "test_nll"),
@@ -163,8 +167,11 @@ def build(store, out, select=None, cost=None, final_steps=50_000, seeds=3,
                         planned = f"; planned {seeds} × {h:.2f} = {seeds * h:.1f} CPU-h"
                         rec["planned_h"] = seeds * h
                 running = f"; {c['n_running']} in progress" if c.get("n_running") else ""
+                pick = setting_label(chosen) if chosen and "lr" in chosen else ""
+                if pick and missing_settings(task, est, chosen):
+                    pick += " (selection incomplete)"
                 md.append(f"| {col} | *{c['status']}*{planned}{running} | {p:g} | | "
-                          + ("| " if metric == "test_neg_elbo" else "") + "| | |")
+                          + ("| " if metric == "test_neg_elbo" else "") + f"{pick} | | |")
                 recs.append(rec)
                 continue
             m = c[metric][0]
@@ -196,6 +203,9 @@ def build(store, out, select=None, cost=None, final_steps=50_000, seeds=3,
             if fig:
                 md += [f"![validation −ELBO, {row_name}]({fig})", ""]
 
+    sel_store = Path(selection) if selection else store
+    if (sel_store / "runs").is_dir():
+        md += selection_section(sel_store, chosen_all, ROWS, COLUMNS, final_steps)
     table = pd.DataFrame(recs)
     table.to_csv(out / "table1.csv", index=False)
     done = table[table["status"] == "done"]

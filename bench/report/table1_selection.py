@@ -1,0 +1,73 @@
+"""The selection grid behind Table 1's choices (bench/report/table1.py): per row, the
+final validation -ELBO of every selection run, one line per estimator (and tau schedule)
+against the learning rate, the chosen setting in bold -- REPORT.md's 'Selection grid'."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..results import load
+from .table1_runs import LRS, _sci, missing_settings, run_table, same_setting
+
+
+def _value(g: pd.DataFrame) -> str:
+    """One grid cell: the mean final valid -ELBO over its seeds, or what stands in for it."""
+    if g.empty:
+        return ""
+    if (g["status"] == "diverged").any():
+        return "diverged"
+    done = g[g["status"] == "complete"]["valid"].dropna()
+    if done.empty:
+        return "running" if (g["status"] == "incomplete").any() else "—"
+    return f"{done.mean():.1f}" + (f" (n={len(done)})" if len(done) > 1 else "")
+
+
+def section(selection: Path, chosen_all: dict, rows, columns, final_steps: int) -> list[str]:
+    """Markdown lines of the selection grid, [] when the store holds no selection run."""
+    runs = run_table(selection)
+    runs = runs[runs["steps"] != final_steps]
+    if runs.empty:
+        return []
+    df = load(selection, all_runs=True)
+    last = df[df["step"] == df.groupby("run_id")["step"].transform("max")]
+    valid = last[last["metric"] == "valid_neg_elbo"].set_index("run_id")["value"]
+    runs = runs.assign(valid=runs["run_id"].map(valid))
+    budgets = ", ".join(f"{s:,}" for s in sorted(runs["steps"].unique()))
+    lrs = sorted(set(LRS) | set(runs["lr"].dropna()))
+    out = ["## Selection grid", "",
+           f"Final validation −ELBO (nats, seed 0 unless n says otherwise) of every selection "
+           f"run ({budgets} steps), by learning rate; **bold**: the setting chosen for the "
+           f"final runs (lowest mean, the rule of `python -m bench select`); empty: not run "
+           f"yet. The choice reads validation only.", ""]
+    for task, row_name, *_ in rows:
+        mine = runs[runs["task"] == task]
+        if mine.empty:
+            continue
+        out += [f"### {row_name} (`{task}`)", "",
+                "| estimator | τ schedule | " + " | ".join(_sci(lr) for lr in lrs)
+                + " | grid |", "|" + "---|" * (len(lrs) + 3)]
+        for est, col in columns:
+            cell = mine[mine["estimator"] == est]
+            if cell.empty:
+                continue
+            chosen = chosen_all.get((task, est)) or {}
+            missing = missing_settings(task, est, chosen) if chosen else []
+            grid = "complete" if chosen and not missing else (
+                f"{len(missing)} not run" if missing else "—")
+            for rate, sched in cell.groupby(cell["anneal_rate"].fillna(-1.0), sort=True):
+                label = "-" if rate < 0 else f"r={rate:g}, N={int(sched['anneal_every'].iloc[0])}"
+                vals = []
+                for lr in lrs:
+                    g = sched[(sched["lr"] - lr).abs() <= 1e-9 * lr]
+                    v = _value(g)
+                    hyper = {k: x for k, x in chosen.items() if not k.startswith("_")}
+                    if v and len(g) and hyper and same_setting(g.iloc[:1], hyper).iloc[0]:
+                        v = f"**{v}**"
+                    vals.append(v)
+                out.append(f"| {col} | {label} | " + " | ".join(vals) + f" | {grid} |")
+                col, grid = "", ""  # the cell's name and grid status once
+        out.append("")
+    return out
+
