@@ -178,6 +178,8 @@ def test_final_commands_wait_for_the_whole_selection_grid(tmp_path, capsys):
     sel = tmp_path / "selection"
     for lr in LRS:  # sbn ST: the whole grid
         plant(sel, "sbn", "straight_through", 0, 200, lr, 60.0 + lr, 60.0)
+    for lr in LRS:  # sbn Gumbel-Softmax at tau = 1 fixed (anneal_rate 0): no schedule grid
+        plant(sel, "sbn", "gumbel_softmax", 0, 200, lr, 58.0 + lr, 58.0, rate=0.0)
     for lr in LRS[:-1]:  # sbn SF: 3e-3 not run
         plant(sel, "sbn", "reinforce", 0, 200, lr, 70.0, 70.0)
     for lr in LRS:  # VAE Gumbel-Softmax: r = 1e-5 only
@@ -188,6 +190,8 @@ def test_final_commands_wait_for_the_whole_selection_grid(tmp_path, capsys):
     assert table1.main(args) == 0
     lines = capsys.readouterr().out.splitlines()
     assert any("jang_protocol_estimator=straight_through " in ln and "task=sbn " in ln
+               for ln in lines)
+    assert any("jang_protocol_estimator=gumbel_softmax_tau1 " in ln and "task=sbn " in ln
                for ln in lines)
     assert "# sbn SF: selection incomplete, 1 planned setting(s) not run (lr=0.003)" in \
         "\n".join(lines)

@@ -103,7 +103,7 @@ def select_here(runs, finals, final_steps) -> dict:
         tried = sel[(sel["task"] == task) & (sel["estimator"] == est)]["lr"]
         out[(task, est)]["_tried"] = sorted(tried.dropna().unique())
         cell = sel[(sel["task"] == task) & (sel["estimator"] == est)]
-        out[(task, est)]["_settings"] = {(f"{lr:g}", f"{r:g}" if r == r else "")
+        out[(task, est)]["_settings"] = {(f"{lr:g}", f"{r:g}" if r == r and r else "")
                                          for lr, r in zip(cell["lr"], cell["anneal_rate"],
                                                           strict=True)}
         out[(task, est)]["_valid"] = float(g["score"].iloc[0])
@@ -126,7 +126,8 @@ def protocol_file(task: str, est: str, chosen: dict) -> str:
 
 def missing_settings(task: str, est: str, chosen: dict) -> list[str]:
     """The settings of the planned grid with no finished selection run (none where the
-    choice came from a CSV, which says nothing of the grid behind it)."""
+    choice came from a CSV, which says nothing of the grid behind it). A fixed tau
+    (anneal_rate 0 or absent) is no schedule."""
     if "_settings" not in chosen:
         return []
     rates = RATES if est in ANNEALED and not task.startswith("sbn") else (None,)

@@ -56,8 +56,9 @@ def section(selection: Path, chosen_all: dict, rows, columns, final_steps: int) 
             missing = missing_settings(task, est, chosen) if chosen else []
             grid = "complete" if chosen and not missing else (
                 f"{len(missing)} not run" if missing else "—")
-            for rate, sched in cell.groupby(cell["anneal_rate"].fillna(-1.0), sort=True):
-                label = "-" if rate < 0 else f"r={rate:g}, N={int(sched['anneal_every'].iloc[0])}"
+            for rate, sched in cell.groupby(cell["anneal_rate"].fillna(0.0), sort=True):
+                every = sched["anneal_every"].iloc[0]
+                label = "-" if rate == 0 else f"r={_sci(rate)}, N={int(every)}"  # 0: tau fixed
                 vals = []
                 for lr in lrs:
                     g = sched[(sched["lr"] - lr).abs() <= 1e-9 * lr]
