@@ -198,6 +198,17 @@ def test_final_commands_wait_for_the_whole_selection_grid(tmp_path, capsys):
     gs = next(ln for ln in lines if ln.startswith("# categorical_vae Gumbel-Softmax"))
     assert "6 planned setting(s) not run" in gs and "r=0.0001" in gs
     assert not any(ln.startswith("nice") and "reinforce" in ln for ln in lines)
+    for lr in LRS:  # sbn Annealed ST: tau = 1 and two slope schedules; r = 1e-4 best
+        for rate in (0.0, *RATES):
+            plant(sel, "sbn", "annealed_st", 0, 200, lr, 60.0 - (rate == RATES[1]), 60.0,
+                  rate=rate)
+    plant(sel, "sbn_categorical", "annealed_st", 0, 200, 1e-3, 60.0, 60.0, rate=0.0)
+    assert table1.main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any("jang_protocol_estimator=annealed_st_r1e-4_n1000 " in ln and "task=sbn " in ln
+               and "train.lr=1e-05 " in ln for ln in lines)
+    st = next(ln for ln in lines if ln.startswith("# sbn_categorical Annealed ST"))
+    assert "17 planned setting(s) not run" in st and "lr=0.001, r=1e-05" in st
     assert table1.main(args + ["--partial"]) == 0
     assert any(ln.startswith("nice") and "reinforce" in ln
                for ln in capsys.readouterr().out.splitlines())

@@ -17,10 +17,21 @@ from .select import choose
 HYPER = {"lr": ("train", "lr"), "anneal_rate": ("estimator", "anneal_rate"),
          "anneal_every": ("estimator", "anneal_every")}
 # the planned selection grid (results/jang_table1/README.md): the paper's six learning
-# rates, and for the Gumbel-Softmax family on the VAE rows the annealing rate r
+# rates; for the Gumbel-Softmax family on the VAE rows the annealing rate r; on the SBN
+# rows tau = 1 fixed, and for Annealed ST (which at a fixed tau = 1 is ST itself) also
+# the VAE rows' slope schedules, validation choosing among the three
 LRS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
 RATES = (1e-5, 1e-4)
 ANNEALED = ("annealed_st", "gumbel_softmax", "st_gumbel_softmax")
+
+
+def planned_rates(task: str, est: str) -> tuple:
+    """The tau schedules of a cell's planned grid (None: tau fixed)."""
+    if est not in ANNEALED:
+        return (None,)
+    if not task.startswith("sbn"):
+        return RATES
+    return (None, *RATES) if est == "annealed_st" else (None,)
 
 
 def run_table(store: Path) -> pd.DataFrame:
@@ -117,10 +128,11 @@ def _sci(v: float) -> str:
 
 def protocol_file(task: str, est: str, chosen: dict) -> str:
     """The conf/experiment/jang_protocol_estimator/ file of a cell's chosen setting."""
-    if est in ("annealed_st", "gumbel_softmax", "st_gumbel_softmax"):
-        if task.startswith("sbn"):
+    if est in ANNEALED:
+        rate = chosen.get("anneal_rate", 0.0)
+        if pd.isna(rate) or not rate:
             return f"{est}_tau1"
-        return f"{est}_r{_sci(chosen['anneal_rate'])}_n{int(chosen['anneal_every'])}"
+        return f"{est}_r{_sci(rate)}_n{int(chosen['anneal_every'])}"
     return est
 
 
@@ -130,10 +142,9 @@ def missing_settings(task: str, est: str, chosen: dict) -> list[str]:
     (anneal_rate 0 or absent) is no schedule."""
     if "_settings" not in chosen:
         return []
-    rates = RATES if est in ANNEALED and not task.startswith("sbn") else (None,)
     missing = []
     for lr in LRS:
-        for r in rates:
+        for r in planned_rates(task, est):
             if (f"{lr:g}", "" if r is None else f"{r:g}") not in chosen["_settings"]:
                 missing.append(f"lr={lr:g}" + ("" if r is None else f", r={r:g}"))
     return missing
