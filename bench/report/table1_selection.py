@@ -20,7 +20,7 @@ def _value(g: pd.DataFrame) -> str:
         return "diverged"
     done = g[g["status"] == "complete"]["valid"].dropna()
     if done.empty:
-        return "running" if (g["status"] == "incomplete").any() else "—"
+        return "incomplete" if (g["status"] == "incomplete").any() else "—"
     return f"{done.mean():.1f}" + (f" (n={len(done)})" if len(done) > 1 else "")
 
 
@@ -40,7 +40,9 @@ def section(selection: Path, chosen_all: dict, rows, columns, final_steps: int) 
            f"Final validation −ELBO (nats, seed 0 unless n says otherwise) of every selection "
            f"run ({budgets} steps), by learning rate; **bold**: the setting chosen for the "
            f"final runs (lowest mean, the rule of `python -m bench select`); empty: not run "
-           f"yet. The choice reads validation only.", ""]
+           f"yet; incomplete: running, or interrupted (the same command resumes it). "
+           f"The choice reads validation only; a cell whose grid is not complete has no "
+           f"final command yet.", ""]
     for task, row_name, *_ in rows:
         mine = runs[runs["task"] == task]
         if mine.empty:
