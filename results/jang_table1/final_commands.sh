@@ -13,16 +13,16 @@ nice -n 10 python -m bench run -m +experiment=jang_sbn_protocol +experiment/jang
 nice -n 10 python -m bench run -m +experiment=jang_sbn_protocol +experiment/jang_protocol_estimator=gumbel_softmax_tau1 task=sbn_categorical train.lr=0.003 train.steps=50000 seed=0,1,2 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_sbn_protocol +experiment/jang_protocol_estimator=st_gumbel_softmax_tau1 task=sbn_categorical train.lr=0.003 train.steps=50000 seed=0,1,2 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=reinforce task=bernoulli_vae train.lr=0.0003 train.steps=50000 seed=0,1,2 results_dir=results/jang_table1/final data_dir=../shared/data
-# bernoulli_vae DARN: no setting chosen yet (run its selection grid)
+# bernoulli_vae DARN: selection incomplete, 2 planned setting(s) not run (lr=0.001; lr=0.003): command held back (--partial prints it)
 # bernoulli_vae MuProp: no setting chosen yet (run its selection grid)
 nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=straight_through task=bernoulli_vae train.lr=0.003 train.steps=50000 seed=0,1,2 results_dir=results/jang_table1/final data_dir=../shared/data
-# bernoulli_vae Annealed ST: selection incomplete, 4 planned setting(s) not run (lr=0.0001, r=0.0001; lr=0.0003, r=0.0001; lr=0.001, r=0.0001; lr=0.003, r=0.0001): command held back (--partial prints it)
+nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=annealed_st_r1e-5_n1000 task=bernoulli_vae train.lr=0.003 train.steps=50000 seed=0,1,2 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=gumbel_softmax_r1e-4_n1000 task=bernoulli_vae train.lr=0.003 train.steps=50000 seed=0,1,2 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=st_gumbel_softmax_r1e-4_n1000 task=bernoulli_vae train.lr=0.003 train.steps=50000 seed=0,1,2 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=reinforce task=categorical_vae train.lr=0.001 train.steps=50000 seed=0,1,2 results_dir=results/jang_table1/final data_dir=../shared/data
-# categorical_vae DARN: no setting chosen yet (run its selection grid)
+# categorical_vae DARN: selection incomplete, 1 planned setting(s) not run (lr=0.003): command held back (--partial prints it)
 # categorical_vae MuProp: no setting chosen yet (run its selection grid)
 nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=straight_through task=categorical_vae train.lr=0.003 train.steps=50000 seed=0,1,2 results_dir=results/jang_table1/final data_dir=../shared/data
-# categorical_vae Annealed ST: selection incomplete, 4 planned setting(s) not run (lr=0.0001, r=0.0001; lr=0.0003, r=0.0001; lr=0.001, r=0.0001; lr=0.003, r=0.0001): command held back (--partial prints it)
+nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=annealed_st_r1e-5_n1000 task=categorical_vae train.lr=0.003 train.steps=50000 seed=0,1,2 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=gumbel_softmax_r1e-4_n1000 task=categorical_vae train.lr=0.003 train.steps=50000 seed=0,1,2 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=st_gumbel_softmax_r1e-5_n1000 task=categorical_vae train.lr=0.003 train.steps=50000 seed=0,1,2 results_dir=results/jang_table1/final data_dir=../shared/data
