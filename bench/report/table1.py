@@ -45,8 +45,11 @@ from .table1_runs import (
     chosen_settings,
     final_commands,
     missing_settings,
+    read_select,
     run_table,
     same_setting,
+    select_here,
+    selection_runs,
     setting_label,
 )
 from .table1_selection import section as selection_section
@@ -139,7 +142,8 @@ def build(store, out, select=None, cost=None, final_steps=50_000, seeds=3,
     last = df.groupby("run_id")["step"].transform("max")
     finals = df[df["step"] == last]
     curves = df[df["metric"] == "valid_neg_elbo"]
-    chosen_all = chosen_settings(store, select, selection, final_steps)
+    sel = selection_runs(Path(selection) if selection else store, final_steps)
+    chosen_all = read_select(Path(select)) if select else select_here(sel)
     costs = pd.read_csv(cost) if cost and Path(cost).exists() else None
 
     recs, md = [], []
@@ -203,9 +207,7 @@ def build(store, out, select=None, cost=None, final_steps=50_000, seeds=3,
             if fig:
                 md += [f"![validation −ELBO, {row_name}]({fig})", ""]
 
-    sel_store = Path(selection) if selection else store
-    if (sel_store / "runs").is_dir():
-        md += selection_section(sel_store, chosen_all, ROWS, COLUMNS, final_steps)
+    md += selection_section(sel, chosen_all, ROWS, COLUMNS)
     table = pd.DataFrame(recs)
     table.to_csv(out / "table1.csv", index=False)
     done = table[table["status"] == "done"]

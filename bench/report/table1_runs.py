@@ -93,15 +93,32 @@ def read_select(path: Path) -> dict:
     return out
 
 
-def select_here(runs, finals, final_steps) -> dict:
-    """The choice of ``python -m bench select`` (bench/report/select.py, the same rule):
-    per (task, estimator), the setting with the lowest mean final valid_neg_elbo over
-    seeds among the selection runs; a diverged run scores worst; ties go to more seeds,
+def setting_key(lr: float, rate) -> tuple[str, str]:
+    """A setting as it is matched against the planned grid: (lr, r), r '' for a fixed
+    tau (anneal_rate absent, NaN or 0)."""
+    fixed = rate is None or pd.isna(rate) or not rate
+    return f"{lr:g}", "" if fixed else f"{rate:g}"
+
+
+def selection_runs(src: Path, final_steps: int) -> pd.DataFrame:
+    """The selection runs of a store (every run not of ``final_steps`` steps, whatever
+    its status), each with its final valid_neg_elbo."""
+    runs = run_table(src)
+    runs = runs[runs["steps"] != final_steps]
+    if runs.empty:
+        return runs.assign(valid_neg_elbo=pd.Series(dtype=float))
+    df = load(src, all_runs=True)
+    last = df[df["step"] == df.groupby("run_id")["step"].transform("max")]
+    valid = last[last["metric"] == "valid_neg_elbo"].set_index("run_id")["value"]
+    return runs.assign(valid_neg_elbo=runs["run_id"].map(valid))
+
+
+def select_here(sel: pd.DataFrame) -> dict:
+    """The choice of ``python -m bench select`` (bench/report/select.py, the same rule)
+    among ``selection_runs``: per (task, estimator), the setting with the lowest mean
+    final valid_neg_elbo over seeds; a diverged run scores worst; ties go to more seeds,
     then smaller values. Never a test metric."""
-    valid = finals[finals["metric"] == "valid_neg_elbo"].set_index("run_id")["value"]
-    sel = runs[runs["status"].isin(["complete", "diverged"])
-               & (runs["steps"] != final_steps)].copy()
-    sel["valid_neg_elbo"] = sel["run_id"].map(valid)
+    sel = sel[sel["status"].isin(["complete", "diverged"])]
     chosen, _ = choose(sel, "valid_neg_elbo", False, ["task", "estimator"],
                        config_cols=list(HYPER))
     out = {}
@@ -110,13 +127,11 @@ def select_here(runs, finals, final_steps) -> dict:
     for (task, est), g in chosen.groupby(["task", "estimator"]):
         swept = [k for k in g["swept"].iloc[0].split(", ") if k]
         keys = [k for k in HYPER if k in swept or g[k].notna().all()]
-        out[(task, est)] = {k: float(g[k].iloc[0]) for k in keys}
-        tried = sel[(sel["task"] == task) & (sel["estimator"] == est)]["lr"]
-        out[(task, est)]["_tried"] = sorted(tried.dropna().unique())
         cell = sel[(sel["task"] == task) & (sel["estimator"] == est)]
-        out[(task, est)]["_settings"] = {(f"{lr:g}", f"{r:g}" if r == r and r else "")
-                                         for lr, r in zip(cell["lr"], cell["anneal_rate"],
-                                                          strict=True)}
+        out[(task, est)] = {k: float(g[k].iloc[0]) for k in keys}
+        out[(task, est)]["_tried"] = sorted(cell["lr"].dropna().unique())
+        out[(task, est)]["_settings"] = {setting_key(lr, r) for lr, r in
+                                         zip(cell["lr"], cell["anneal_rate"], strict=True)}
         out[(task, est)]["_valid"] = float(g["score"].iloc[0])
     return out
 
@@ -145,7 +160,7 @@ def missing_settings(task: str, est: str, chosen: dict) -> list[str]:
     missing = []
     for lr in LRS:
         for r in planned_rates(task, est):
-            if (f"{lr:g}", "" if r is None else f"{r:g}") not in chosen["_settings"]:
+            if setting_key(lr, r) not in chosen["_settings"]:
                 missing.append(f"lr={lr:g}" + ("" if r is None else f", r={r:g}"))
     return missing
 
@@ -187,8 +202,5 @@ def chosen_settings(store, select=None, selection=None, final_steps=50_000) -> d
     (a store of its own) or of ``store``."""
     if select:
         return read_select(Path(select))
-    src = Path(selection) if selection else Path(store)
-    runs = run_table(src)
-    df = load(src, all_runs=True)
-    finals = df[df["step"] == df.groupby("run_id")["step"].transform("max")]
-    return select_here(runs, finals, final_steps)
+    return select_here(selection_runs(Path(selection) if selection else Path(store),
+                                      final_steps))

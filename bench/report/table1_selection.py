@@ -4,12 +4,9 @@ against the learning rate, the chosen setting in bold -- REPORT.md's 'Selection 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 
-from ..results import load
-from .table1_runs import LRS, _sci, missing_settings, run_table, same_setting
+from .table1_runs import LRS, _sci, missing_settings, same_setting
 
 
 def _value(g: pd.DataFrame) -> str:
@@ -18,22 +15,17 @@ def _value(g: pd.DataFrame) -> str:
         return ""
     if (g["status"] == "diverged").any():
         return "diverged"
-    done = g[g["status"] == "complete"]["valid"].dropna()
+    done = g[g["status"] == "complete"]["valid_neg_elbo"].dropna()
     if done.empty:
         return "incomplete" if (g["status"] == "incomplete").any() else "—"
     return f"{done.mean():.1f}" + (f" (n={len(done)})" if len(done) > 1 else "")
 
 
-def section(selection: Path, chosen_all: dict, rows, columns, final_steps: int) -> list[str]:
-    """Markdown lines of the selection grid, [] when the store holds no selection run."""
-    runs = run_table(selection)
-    runs = runs[runs["steps"] != final_steps]
+def section(runs: pd.DataFrame, chosen_all: dict, rows, columns) -> list[str]:
+    """Markdown lines of the selection grid of ``runs`` (table1_runs.selection_runs),
+    [] when there is none."""
     if runs.empty:
         return []
-    df = load(selection, all_runs=True)
-    last = df[df["step"] == df.groupby("run_id")["step"].transform("max")]
-    valid = last[last["metric"] == "valid_neg_elbo"].set_index("run_id")["value"]
-    runs = runs.assign(valid=runs["run_id"].map(valid))
     budgets = ", ".join(f"{s:,}" for s in sorted(runs["steps"].unique()))
     lrs = sorted(set(LRS) | set(runs["lr"].dropna()))
     out = ["## Selection grid", "",
@@ -55,7 +47,8 @@ def section(selection: Path, chosen_all: dict, rows, columns, final_steps: int) 
             if cell.empty:
                 continue
             chosen = chosen_all.get((task, est)) or {}
-            missing = missing_settings(task, est, chosen) if chosen else []
+            hyper = {k: x for k, x in chosen.items() if not k.startswith("_")}
+            missing = missing_settings(task, est, chosen)
             grid = "complete" if chosen and not missing else (
                 f"{len(missing)} not run" if missing else "—")
             for rate, sched in cell.groupby(cell["anneal_rate"].fillna(0.0), sort=True):
@@ -65,7 +58,6 @@ def section(selection: Path, chosen_all: dict, rows, columns, final_steps: int) 
                 for lr in lrs:
                     g = sched[(sched["lr"] - lr).abs() <= 1e-9 * lr]
                     v = _value(g)
-                    hyper = {k: x for k, x in chosen.items() if not k.startswith("_")}
                     if v and len(g) and hyper and same_setting(g.iloc[:1], hyper).iloc[0]:
                         v = f"**{v}**"
                     vals.append(v)
