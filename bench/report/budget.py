@@ -245,18 +245,14 @@ def cost_curve_data(df: pd.DataFrame, metric: str, x: str, log: bool = False) ->
 def plot_vs_cost(df, rows, metric, x, out, name, log=False, budgets=()) -> list[str]:
     """``metric`` against cost ``x`` (f_evals on a log axis, or train_time_s), one
     panel per report row; dashed lines at the budgets."""
-    from .figures import _markers, _palette, finish_panels, pyplot, save
+    from .figures import _markers, _palette, finish_panels, row_panels, save
 
     data = cost_curve_data(df, metric, x, log)
     if x == "f_evals":
         data = data[data["x"] > 0]  # the log axis starts at the first evaluation
     if data.empty:
         return []
-    plt = pyplot()
-    rows = [r for r in rows if r in set(data["row"])]
-    ncol = min(2, len(rows))
-    nrow = math.ceil(len(rows) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(6.4 * ncol, 4.2 * nrow), squeeze=False)
+    fig, axes, rows = row_panels(data, rows)
     colours, markers = _palette(data["cell"].unique()), _markers(data["cell"].unique())
     for ax, row in zip(axes.flat, rows, strict=False):
         d = data[data["row"] == row]

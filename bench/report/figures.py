@@ -64,6 +64,18 @@ def save(fig, out, name: str, formats=None) -> list[str]:
 MIN_SEEDS_FOR_BAND = 3
 
 
+def row_panels(data: pd.DataFrame, rows, panel_height: float = 4.2,
+               extra_height: float = 0.0):
+    """A grid of one panel per report row that has data, two to a line:
+    (fig, axes, the rows kept)."""
+    rows = [r for r in rows if r in set(data["row"])]
+    ncol = min(2, len(rows))
+    nrow = math.ceil(len(rows) / ncol)
+    fig, axes = pyplot().subplots(nrow, ncol, squeeze=False,
+                                  figsize=(6.4 * ncol, panel_height * nrow + extra_height))
+    return fig, axes, rows
+
+
 def finish_panels(fig, axes, n_used: int) -> None:
     """Hide the spare panels of a grid of ``n_used`` panels and draw one legend for
     the whole figure, estimators in the papers' column order."""
@@ -173,11 +185,7 @@ def plot_curves(df, rows, metric, x, out, name, ylabel, xlabel, log=False) -> li
     data = curve_data(df, metric, x, log)
     if data.empty:
         return []
-    plt = pyplot()
-    rows = [r for r in rows if r in set(data["row"])]
-    ncol = min(2, len(rows))
-    nrow = math.ceil(len(rows) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(6.4 * ncol, 4.2 * nrow + 0.5), squeeze=False)
+    fig, axes, rows = row_panels(data, rows, extra_height=0.5)
     colours = _palette(data["cell"].unique())
     markers = _markers(data["cell"].unique())
     for ax, row in zip(axes.flat, rows, strict=False):  # spare panels stay empty
@@ -225,15 +233,10 @@ def plot_step_time(df, summ, rows, out, name="step_time") -> list[str]:
     done = df[df["status"] == "complete"] if "status" in df else df
     runs = final_rows(done)
     runs = runs[runs["metric"] == "step_time_s"]
-    plt = pyplot()
-    rows = [r for r in rows if r in set(d["row"])]
-    ncol = min(2, len(rows))
-    nrow = math.ceil(len(rows) / ncol)
     cells = column_order(d["cell"].unique())
     colours = _palette(cells)
     most = max(d.groupby("row")["cell"].nunique())
-    fig, axes = plt.subplots(nrow, ncol, figsize=(6.4 * ncol, (0.38 * most + 1.2) * nrow + 0.6),
-                             squeeze=False)
+    fig, axes, rows = row_panels(d, rows, 0.38 * most + 1.2, 0.6)
     for ax, row in zip(axes.flat, rows, strict=False):  # spare panels stay empty
         g = d[d["row"] == row].set_index("cell").reindex(column_order(d[d["row"] == row]["cell"]))
         ms = g["mean"] * 1000
