@@ -129,9 +129,13 @@ def test_final_commands_at_the_chosen_settings(store, capsys):
     assert table1.main([str(store), "--final-commands", "--partial", "--final_steps",
                         str(FINAL)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    sf = next(ln for ln in lines
-              if "jang_protocol_estimator=reinforce " in ln and "task=sbn " in ln)
-    assert "train.lr=0.0001" in sf and "seed=0,1,2" in sf and f"train.steps={FINAL}" in sf
+    sf = [ln for ln in lines
+          if "jang_protocol_estimator=reinforce " in ln and "task=sbn " in ln]
+    assert [ln.split("seed=")[1].split()[0] for ln in sf] == ["0", "1", "2"]
+    assert all("train.lr=0.0001" in ln and f"train.steps={FINAL}" in ln for ln in sf)
+    # in passes: seed 0 of every cell before any cell's seed 1
+    seeds = [int(ln.split("seed=")[1].split()[0]) for ln in lines if ln.startswith("nice")]
+    assert seeds == sorted(seeds) and len(set(seeds)) == 3
     gs = next(ln for ln in lines if "task=categorical_vae" in ln and "gumbel_softmax" in ln)
     assert "+experiment/jang_protocol_estimator=gumbel_softmax_r1e-4_n1000 " in gs
     assert "train.lr=0.0003" in gs

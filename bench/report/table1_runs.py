@@ -167,33 +167,38 @@ def missing_settings(task: str, est: str, chosen: dict) -> list[str]:
 
 def final_commands(chosen_all: dict, final_steps: int, seeds: int, store, rows,
                    columns, partial: bool = False) -> list[str]:
-    """One resumable `python -m bench run` grid per cell at its chosen setting, its
-    seeds one after another: run two copies of the script at once and the store's
-    locks split the runs between them (a copy skips a config the other is training),
-    so both cores stay busy to the last run (bench/store/lock.py)."""
-    out = []
+    """One resumable `python -m bench run` per cell and seed at its chosen setting, in
+    passes: seed 0 of every cell, then seed 1 of every cell, ... so that a script stopped
+    part-way has given as many cells as possible a first number. Run two copies at once
+    and the store's locks split the runs between them (a copy skips a config the other
+    is training), so both cores stay busy to the last run (bench/store/lock.py)."""
+    notes, cells = [], []
     for task, *_ in rows:
         for est, col in columns:
             chosen = chosen_all.get((task, est))
             if not chosen or "lr" not in chosen:
-                out.append(f"# {task} {col}: no setting chosen yet (run its selection grid)")
+                notes.append(f"# {task} {col}: no setting chosen yet (run its selection grid)")
                 continue
             missing = missing_settings(task, est, chosen)
             if missing:
-                out.append(f"# {task} {col}: selection incomplete, {len(missing)} planned "
-                           f"setting(s) not run ({'; '.join(missing)})"
-                           + (": chosen among those run" if partial
-                              else ": command held back (--partial prints it)"))
+                notes.append(f"# {task} {col}: selection incomplete, {len(missing)} planned "
+                             f"setting(s) not run ({'; '.join(missing)})"
+                             + (": chosen among those run" if partial
+                                else ": command held back (--partial prints it)"))
                 if not partial:
                     continue
             exp = "jang_sbn_protocol" if task.startswith("sbn") else "jang_vae_protocol"
-            out.append(
+            cells.append(
                 f"nice -n 10 python -m bench run -m +experiment={exp} "
                 f"+experiment/jang_protocol_estimator={protocol_file(task, est, chosen)} "
                 f"task={task} train.lr={chosen['lr']:g} train.steps={final_steps} "
-                f"seed={','.join(str(s) for s in range(seeds))} "
+                "seed={seed} "
                 f"results_dir={store} "
                 f"data_dir=../shared/data")
+    out = list(notes)
+    for seed in range(seeds):
+        out.append(f"# pass {seed + 1} of {seeds}: seed {seed} of each of {len(cells)} cells")
+        out += [c.replace("seed={seed}", f"seed={seed}") for c in cells]
     return out
 
 
