@@ -68,7 +68,9 @@ def store(tmp_path):
 def cost(tmp_path):
     p = tmp_path / "cost.csv"
     pd.DataFrame([{"row": "bernoulli_vae", "column": "SF", "run_h": 0.5},
-                  {"row": "categorical_vae", "column": "SF", "run_h": 0.4}]).to_csv(p, index=False)
+                  {"row": "categorical_vae", "column": "SF", "run_h": 0.4},
+                  {"row": "categorical_vae", "column": "Gumbel-Softmax", "run_h": 0.3}]
+                 ).to_csv(p, index=False)
     return p
 
 
@@ -90,6 +92,10 @@ def test_table1_report(tmp_path, store, cost):
     assert gs["setting"] == "lr=0.0003, r=0.0001, N=1000"  # the schedule chosen on valid
     assert gs["mean"] == pytest.approx(103.5) and gs["nll_mean"] == pytest.approx(95.5)
     assert gs["diff"] == pytest.approx(103.5 - 101.5)
+    # 2 of 3 seeds: a number, and the third seed's cost still planned
+    assert gs["seeds"] == 2 and gs["planned_h"] == pytest.approx(0.3)
+    assert "103.5 ± " in page and "(n=2); 1 more seed(s) planned" in page
+    assert "Cells with final runs: 5 of 28, 4 of them with all 3 seeds" in page
 
     darn = t.loc[("sbn", "DARN")]
     assert darn["drop_last20"] > table1.FALLING  # planted: still falling
