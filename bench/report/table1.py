@@ -243,6 +243,7 @@ def plot_row(curves, runs, task, final_steps, out: Path) -> str | None:
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
+    late = []  # the y range: the curves after the first 10 % of training, where they differ
     for est, col in COLUMNS:
         rid = set(ids.loc[ids["estimator"] == est, "run_id"])
         c = curves[curves["run_id"].isin(rid)]
@@ -250,6 +251,13 @@ def plot_row(curves, runs, task, final_steps, out: Path) -> str | None:
             continue
         mean = c.groupby("step")["value"].mean()
         ax.plot(mean.index, mean.values, label=col)
+        late += list(mean[mean.index >= 0.1 * final_steps].values)
+    if late:
+        lo, hi = min(late), max(late)
+        pad = 0.08 * (hi - lo) + 0.5
+        ax.set_ylim(lo - pad, hi + pad)
+    # the window the table's "still falling" reads
+    ax.axvspan(0.8 * final_steps, final_steps, color="0.9", zorder=0, label="last 20 %")
     ax.set_xlabel("step")
     ax.set_ylabel("validation −ELBO (nats), mean over seeds")
     ax.set_title(task)
