@@ -18,7 +18,7 @@ FINAL = 1000  # final runs in the planted store (selection runs: 200 steps)
 
 
 def plant(store, task, est, seed, steps, lr, valid, test, nll=None, falling=0.0,
-          status="complete", rate=None):
+          status="complete", rate=None, rising=0.0):
     cfg = {"task": {"name": task}, "estimator": {"name": est}, "seed": seed,
            "train": {"steps": steps, "lr": lr}, "report": {"protocol": "jang2017-sgd"}}
     if rate is not None:
@@ -29,6 +29,7 @@ def plant(store, task, est, seed, steps, lr, valid, test, nll=None, falling=0.0,
     for i, step in enumerate(range(0, steps + 1, steps // 5)):
         frac = step / steps
         v = valid + 20 * (1 - frac) ** 3 + falling * (1 - frac)  # falling: still at the end
+        v += rising * max(0.0, frac - 0.6)  # rising: worse again after 60 % of training
         m = {"valid_neg_elbo": v}
         if step == steps:
             m["test_neg_elbo"] = test
@@ -61,6 +62,9 @@ def store(tmp_path):
         plant(s, "categorical_vae", "gumbel_softmax", seed, FINAL, 3e-4, 103.0, 103.0 + seed,
               nll=95.0 + seed, rate=1e-4)
     plant(s, "categorical_vae", "reinforce", 0, FINAL, 1e-4, 111.0, 111.0, status="incomplete")
+    # VAE Bernoulli DARN: best by 60 % of training, then worse again (unstable at its LR)
+    plant(s, "bernoulli_vae", "darn", 0, 200, 3e-3, 129.0, 129.0)
+    plant(s, "bernoulli_vae", "darn", 0, FINAL, 3e-3, 121.0, 157.0, nll=156.0, rising=90.0)
     return s
 
 
@@ -95,7 +99,15 @@ def test_table1_report(tmp_path, store, cost):
     # 2 of 3 seeds: a number, and the third seed's cost still planned
     assert gs["seeds"] == 2 and gs["planned_h"] == pytest.approx(0.3)
     assert "103.5 ± " in page and "(n=2); 1 more seed(s) planned" in page
-    assert "Cells with final runs: 5 of 28, 4 of them with all 3 seeds" in page
+    assert "Cells with final runs: 6 of 28, 4 of them with all 3 seeds" in page
+
+    darn_vae = t.loc[("bernoulli_vae", "DARN")]  # planted: best at step 600, 34.7 above it
+    assert darn_vae["rise"] == pytest.approx(157.0 - (121.0 + 20 * 0.4 ** 3))
+    line = next(ln for ln in page.splitlines() if ln.startswith("| DARN |") and "157.0" in ln)
+    assert "| rising (" in line and "unstable: valid −ELBO 34.7 nats above its best (reached " \
+        "by step 600)" in line
+    assert "unstable" not in next(ln for ln in page.splitlines()
+                                  if ln.startswith("| DARN |") and "64.1" in ln)
 
     darn = t.loc[("sbn", "DARN")]
     assert darn["drop_last20"] > table1.FALLING  # planted: still falling

@@ -93,6 +93,15 @@ def cell(runs, finals, curves, task, est, chosen, final_steps) -> dict:
             at80 = c.iloc[(c["step"] - 0.8 * c["step"].max()).abs().argmin()]["value"]
             drops.append(at80 - c["value"].iloc[-1])
     out["drop_last20"] = sum(drops) / len(drops) if drops else math.nan
+    # unstable? how far the end lies above the run's best validation -ELBO, mean over seeds
+    rises = []
+    for rid in ids:
+        c = curves[(curves["run_id"] == rid)].sort_values("step")
+        if len(c):
+            best = c.loc[c["value"].idxmin()]
+            rises.append((c["value"].iloc[-1] - best["value"], int(best["step"])))
+    out["rise"] = sum(r for r, _ in rises) / len(rises) if rises else math.nan
+    out["best_step"] = min(s for _, s in rises) if rises else None
     out["setting"] = setting_label(done.iloc[0]) if not hyper else setting_label(hyper)
     out["protocol"] = ", ".join(sorted(set(done["protocol"]) - {""})) or "-"
     out["status"] = "done"
@@ -117,6 +126,10 @@ def evidence(c: dict, chosen: dict | None, metric: str) -> list[str]:
     if c.get("drop_last20", 0) > FALLING:
         lines.append(f"still falling: valid −ELBO {c['drop_last20']:.1f} nats lower at the end "
                      f"than at 80 % of training")
+    if c.get("rise", 0) > FALLING:
+        lines.append(f"unstable: valid −ELBO {c['rise']:.1f} nats above its best (reached by "
+                     f"step {c['best_step']}) at the end: the chosen LR holds for the "
+                     f"selection's length, not for the final one")
     n = c[metric][2]
     if n < 3:
         lines.append(f"only {n} seed(s)")
@@ -183,9 +196,10 @@ def build(store, out, select=None, cost=None, final_steps=50_000, seeds=3,
             diff = m - p
             rec.update(mean=m, ci95=c[metric][1], seeds=c[metric][2], diff=diff,
                        nll_mean=c["test_nll"][0], nll_ci95=c["test_nll"][1],
-                       setting=c["setting"], drop_last20=c["drop_last20"],
+                       setting=c["setting"], drop_last20=c["drop_last20"], rise=c["rise"],
                        protocol=c["protocol"])
-            falling = ("yes" if c["drop_last20"] > FALLING else "no") + (
+            falling = ("yes" if c["drop_last20"] > FALLING
+                       else "rising" if c["drop_last20"] < -FALLING else "no") + (
                 f" ({c['drop_last20']:+.1f})" if not pd.isna(c["drop_last20"]) else "")
             ev = "; ".join(evidence(c, chosen, metric)) if abs(diff) > GAP else ""
             more = seeds - c[metric][2]  # seeds still to run (the report fills in as they land)
