@@ -85,21 +85,18 @@ def cell(runs, finals, curves, task, est, chosen, final_steps) -> dict:
     for metric in ("test_neg_elbo", "test_nll", "valid_neg_elbo"):
         m, h, n = mean_ci(fin.loc[fin["metric"] == metric, "value"])
         out[metric] = (m, h, n)
-    # still falling? valid -ELBO at ~80 % of training minus at the end, mean over seeds
-    drops = []
+    # per seed's validation curve: still falling? (valid -ELBO at ~80 % of training minus
+    # at the end) and unstable? (how far the end lies above the curve's best); means over seeds
+    drops, rises = [], []
     for rid in ids:
         c = curves[(curves["run_id"] == rid)].sort_values("step")
         if len(c) >= 3:
             at80 = c.iloc[(c["step"] - 0.8 * c["step"].max()).abs().argmin()]["value"]
             drops.append(at80 - c["value"].iloc[-1])
-    out["drop_last20"] = sum(drops) / len(drops) if drops else math.nan
-    # unstable? how far the end lies above the run's best validation -ELBO, mean over seeds
-    rises = []
-    for rid in ids:
-        c = curves[(curves["run_id"] == rid)].sort_values("step")
         if len(c):
             best = c.loc[c["value"].idxmin()]
             rises.append((c["value"].iloc[-1] - best["value"], int(best["step"])))
+    out["drop_last20"] = sum(drops) / len(drops) if drops else math.nan
     out["rise"] = sum(r for r, _ in rises) / len(rises) if rises else math.nan
     out["best_step"] = min(s for _, s in rises) if rises else None
     out["setting"] = setting_label(done.iloc[0]) if not hyper else setting_label(hyper)
