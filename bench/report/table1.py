@@ -98,7 +98,7 @@ def cell(runs, finals, curves, task, est, chosen, final_steps) -> dict:
             rises.append((c["value"].iloc[-1] - best["value"], int(best["step"])))
     out["drop_last20"] = sum(drops) / len(drops) if drops else math.nan
     out["rise"] = sum(r for r, _ in rises) / len(rises) if rises else math.nan
-    out["best_step"] = min(s for _, s in rises) if rises else None
+    out["best_step"] = max(s for _, s in rises) if rises else None  # every seed's best by then
     out["setting"] = setting_label(done.iloc[0]) if not hyper else setting_label(hyper)
     out["protocol"] = ", ".join(sorted(set(done["protocol"]) - {""})) or "-"
     out["status"] = "done"
@@ -124,9 +124,9 @@ def evidence(c: dict, chosen: dict | None, metric: str) -> list[str]:
         lines.append(f"still falling: valid −ELBO {c['drop_last20']:.1f} nats lower at the end "
                      f"than at 80 % of training")
     if c.get("rise", 0) > FALLING:
-        lines.append(f"unstable: valid −ELBO {c['rise']:.1f} nats above its best (reached by "
-                     f"step {c['best_step']}) at the end: the chosen LR holds for the "
-                     f"selection's length, not for the final one")
+        lines.append(f"unstable: valid −ELBO {c['rise']:.1f} nats above its best (every "
+                     f"seed's best reached by step {c['best_step']}) at the end: the chosen LR "
+                     f"holds for the selection's length, not for the final one")
     n = c[metric][2]
     if n < 3:
         lines.append(f"only {n} seed(s)")
