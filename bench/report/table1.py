@@ -15,7 +15,10 @@ schedule r, N) are those of ``--select`` (a CSV with columns ``task``,
 ``estimator`` and any of ``train.lr``/``lr``, ``estimator.anneal_rate``/``anneal_rate``,
 ``estimator.anneal_every``/``anneal_every``, as ``python -m bench select`` writes),
 else chosen here: the setting with the lowest mean final ``valid_neg_elbo`` over seeds
-among the selection runs (never a test metric). The cell's value is the mean +- 95 %
+among the selection runs (never a test metric), then settled at full length where
+the seed-0 final run at that setting is unstable or diverged (the next smaller
+learning rate is run too and the lower final valid -ELBO wins;
+bench/report/table1_check.py). The cell's value is the mean +- 95 %
 Student-t interval over the final runs at that setting: test_nll (m = 1000) for the
 SBN rows, the single-sample test -ELBO for the VAE rows, with their m = 1000 bound
 beside it. Cells without final runs are "not run yet", with their planned cost from
@@ -23,8 +26,9 @@ beside it. Cells without final runs are "not run yet", with their planned cost f
 table1.csv and figures/valid_<row>.png; REPORT.md ends with the selection grid (every
 selection run's final valid -ELBO by learning rate, the choice in bold;
 bench/report/table1_selection.py). ``--final-commands`` prints one command per
-cell at its chosen setting, and holds back a cell whose planned selection grid is not
-all run (``--partial`` prints it anyway, marked).
+cell and seed at its chosen setting (bench/report/table1_commands.py), and holds
+back a cell whose planned selection grid is not all run (``--partial`` prints it
+anyway, marked).
 """
 
 from __future__ import annotations
@@ -40,10 +44,11 @@ import pandas as pd
 from ..results import load
 from .published import published_for
 from .stats import mean_ci
+from .table1_check import full_length
+from .table1_commands import final_commands
 from .table1_runs import (
     HYPER,
     chosen_settings,
-    final_commands,
     missing_settings,
     read_select,
     run_table,
@@ -70,14 +75,18 @@ GAP = 2.0  # nats from the paper that call for a line of evidence
 def cell(runs, finals, curves, task, est, chosen, final_steps) -> dict:
     mine = runs[(runs["task"] == task) & (runs["estimator"] == est)
                 & (runs["steps"] == final_steps)]
-    done = mine[mine["status"] == "complete"]
+    done = mine[mine["status"].isin(["complete", "diverged"])]
     hyper = {k: v for k, v in (chosen or {}).items() if not k.startswith("_")}
+    check = (full_length(runs, curves, task, est, chosen, final_steps) if "lr" in hyper
+             else {"setting": hyper, "pending": None, "checked": [], "changed": False})
+    hyper = check["setting"]
     if hyper:
         done = done[same_setting(done, hyper)]
     elif len(done.drop_duplicates(list(HYPER))) > 1:
         return {"status": "final runs at several settings and no selection"}
     out = {"n_running": int((mine["status"] == "incomplete").sum()),
-           "n_diverged": int((mine["status"] == "diverged").sum())}
+           "n_diverged": int((done["status"] == "diverged").sum()), "check": check}
+    done = done[done["status"] == "complete"]
     if done.empty:
         return {**out, "status": "not run yet"}
     ids = set(done["run_id"])
@@ -99,10 +108,21 @@ def cell(runs, finals, curves, task, est, chosen, final_steps) -> dict:
     out["drop_last20"] = sum(drops) / len(drops) if drops else math.nan
     out["rise"] = sum(r for r, _ in rises) / len(rises) if rises else math.nan
     out["best_step"] = max(s for _, s in rises) if rises else None  # every seed's best by then
-    out["setting"] = setting_label(done.iloc[0]) if not hyper else setting_label(hyper)
+    out["setting"] = (setting_label(done.iloc[0]) if not hyper else setting_label(hyper)) \
+        + check_label(check)
     out["protocol"] = ", ".join(sorted(set(done["protocol"]) - {""})) or "-"
     out["status"] = "done"
     return out
+
+
+def check_label(check: dict) -> str:
+    """The full-length check, as the 'chosen on validation' column shows it."""
+    if check["pending"]:
+        return f" (full-length check of {setting_label(check['pending'])} pending)"
+    if len(check["checked"]) > 1:
+        return " (chosen at full length)" if check["changed"] else \
+            " (kept at full length)"
+    return ""
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -127,12 +147,18 @@ def evidence(c: dict, chosen: dict | None, metric: str) -> list[str]:
         lines.append(f"unstable: valid −ELBO {c['rise']:.1f} nats above its best (every "
                      f"seed's best reached by step {c['best_step']}) at the end: the chosen LR "
                      f"holds for the selection's length, not for the final one")
+    chk = c.get("check") or {}
+    if len(chk.get("checked", [])) > 1 or chk.get("pending"):
+        lines.append("full-length check (seed 0): " + "; ".join(chk["checked"])
+                     + (f"; {setting_label(chk['pending'])} not run yet" if chk["pending"]
+                        else ""))
     n = c[metric][2]
     if n < 3:
         lines.append(f"only {n} seed(s)")
     tried = (chosen or {}).get("_tried") or []
-    if len(tried) > 1 and chosen.get("lr") in (tried[0], tried[-1]):
-        lines.append(f"chosen LR {chosen['lr']:g} is at the edge of the grid tried "
+    lr = chk.get("setting", chosen or {}).get("lr")
+    if len(tried) > 1 and lr in (tried[0], tried[-1]):
+        lines.append(f"chosen LR {lr:g} is at the edge of the grid tried "
                      f"({', '.join(f'{t:g}' for t in tried)}): the optimum may lie outside")
     if c.get("n_diverged"):
         lines.append(f"{c['n_diverged']} final run(s) diverged")
@@ -200,9 +226,11 @@ def build(store, out, select=None, cost=None, final_steps=50_000, seeds=3,
                 f" ({c['drop_last20']:+.1f})" if not pd.isna(c["drop_last20"]) else "")
             ev = "; ".join(evidence(c, chosen, metric)) if abs(diff) > GAP else ""
             more = seeds - c[metric][2]  # seeds still to run (the report fills in as they land)
-            if more > 0 and not math.isnan(h):
-                rec["planned_h"] = more * h
+            extra = 1 if c["check"]["pending"] else 0  # the full-length check's seed-0 run
+            if more + extra > 0 and not math.isnan(h):
+                rec["planned_h"] = (more + extra) * h
             ours_txt = _fmt(c[metric]) + (f"; {more} more seed(s) planned" if more > 0 else "")
+            ours_txt += "; 1 full-length check planned" if extra else ""
             line = f"| {col} | {ours_txt} | {p:g} | {diff:+.1f} |"
             line += f" {_fmt(c['test_nll'])} |" if metric == "test_neg_elbo" else ""
             line += f" {c['setting']} | {falling} | {ev} |"

@@ -1,7 +1,7 @@
 """The runs of the Table-1 stores (bench/report/table1.py) and the settings chosen on
-validation: a run table with each run's hyperparameters, the choice read from a
-selection CSV or made here (lowest mean final valid_neg_elbo over seeds), and the
-final runs' commands at the chosen settings."""
+validation: a run table with each run's hyperparameters and the choice read from a
+selection CSV or made here (lowest mean final valid_neg_elbo over seeds); the final
+runs' commands are in bench/report/table1_commands.py."""
 
 from __future__ import annotations
 
@@ -141,16 +141,6 @@ def _sci(v: float) -> str:
     return f"{float(m):g}e{int(e)}"
 
 
-def protocol_file(task: str, est: str, chosen: dict) -> str:
-    """The conf/experiment/jang_protocol_estimator/ file of a cell's chosen setting."""
-    if est in ANNEALED:
-        rate = chosen.get("anneal_rate", 0.0)
-        if pd.isna(rate) or not rate:
-            return f"{est}_tau1"
-        return f"{est}_r{_sci(rate)}_n{int(chosen['anneal_every'])}"
-    return est
-
-
 def missing_settings(task: str, est: str, chosen: dict) -> list[str]:
     """The settings of the planned grid with no finished selection run (none where the
     choice came from a CSV, which says nothing of the grid behind it). A fixed tau
@@ -163,43 +153,6 @@ def missing_settings(task: str, est: str, chosen: dict) -> list[str]:
             if setting_key(lr, r) not in chosen["_settings"]:
                 missing.append(f"lr={lr:g}" + ("" if r is None else f", r={r:g}"))
     return missing
-
-
-def final_commands(chosen_all: dict, final_steps: int, seeds: int, store, rows,
-                   columns, partial: bool = False) -> list[str]:
-    """One resumable `python -m bench run` per cell and seed at its chosen setting, in
-    passes: seed 0 of every cell, then seed 1 of every cell, ... so that a script stopped
-    part-way has given as many cells as possible a first number. Run two copies at once
-    and the store's locks split the runs between them (a copy skips a config the other
-    is training), so both cores stay busy to the last run (bench/store/lock.py)."""
-    notes, cells = [], []
-    for task, *_ in rows:
-        for est, col in columns:
-            chosen = chosen_all.get((task, est))
-            if not chosen or "lr" not in chosen:
-                notes.append(f"# {task} {col}: no setting chosen yet (run its selection grid)")
-                continue
-            missing = missing_settings(task, est, chosen)
-            if missing:
-                notes.append(f"# {task} {col}: selection incomplete, {len(missing)} planned "
-                             f"setting(s) not run ({'; '.join(missing)})"
-                             + (": chosen among those run" if partial
-                                else ": command held back (--partial prints it)"))
-                if not partial:
-                    continue
-            exp = "jang_sbn_protocol" if task.startswith("sbn") else "jang_vae_protocol"
-            cells.append(
-                f"nice -n 10 python -m bench run -m +experiment={exp} "
-                f"+experiment/jang_protocol_estimator={protocol_file(task, est, chosen)} "
-                f"task={task} train.lr={chosen['lr']:g} train.steps={final_steps} "
-                "seed={seed} "
-                f"results_dir={store} "
-                f"data_dir=../shared/data")
-    out = list(notes)
-    for seed in range(seeds):
-        out.append(f"# pass {seed + 1} of {seeds}: seed {seed} of each of {len(cells)} cells")
-        out += [c.replace("seed={seed}", f"seed={seed}") for c in cells]
-    return out
 
 
 def chosen_settings(store, select=None, selection=None, final_steps=50_000) -> dict:

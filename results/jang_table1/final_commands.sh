@@ -1,4 +1,8 @@
-# pass 1 of 3: seed 0 of each of 28 cells
+# bernoulli_vae DARN: seed 0 at lr=0.003 is unstable or diverged at full length; seeds 1+ wait for the check at lr=0.001 (at the start of pass 1; run --final-commands again once it is done)
+# bernoulli_vae MuProp: seed 0 at lr=0.003 is unstable or diverged at full length; seeds 1+ wait for the check at lr=0.001 (at the start of pass 1; run --final-commands again once it is done)
+# pass 1 of 3: 2 full-length check(s), then seed 0 of each of 28 cells
+nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=darn task=bernoulli_vae train.lr=0.001 train.steps=50000 seed=0 results_dir=results/jang_table1/final data_dir=../shared/data
+nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=muprop task=bernoulli_vae train.lr=0.001 train.steps=50000 seed=0 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_sbn_protocol +experiment/jang_protocol_estimator=reinforce task=sbn train.lr=0.003 train.steps=50000 seed=0 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_sbn_protocol +experiment/jang_protocol_estimator=darn task=sbn train.lr=0.003 train.steps=50000 seed=0 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_sbn_protocol +experiment/jang_protocol_estimator=muprop task=sbn train.lr=0.003 train.steps=50000 seed=0 results_dir=results/jang_table1/final data_dir=../shared/data
@@ -27,7 +31,7 @@ nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang
 nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=annealed_st_r1e-5_n1000 task=categorical_vae train.lr=0.003 train.steps=50000 seed=0 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=gumbel_softmax_r1e-4_n1000 task=categorical_vae train.lr=0.003 train.steps=50000 seed=0 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=st_gumbel_softmax_r1e-5_n1000 task=categorical_vae train.lr=0.003 train.steps=50000 seed=0 results_dir=results/jang_table1/final data_dir=../shared/data
-# pass 2 of 3: seed 1 of each of 28 cells
+# pass 2 of 3: seed 1 of each of 26 cells
 nice -n 10 python -m bench run -m +experiment=jang_sbn_protocol +experiment/jang_protocol_estimator=reinforce task=sbn train.lr=0.003 train.steps=50000 seed=1 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_sbn_protocol +experiment/jang_protocol_estimator=darn task=sbn train.lr=0.003 train.steps=50000 seed=1 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_sbn_protocol +experiment/jang_protocol_estimator=muprop task=sbn train.lr=0.003 train.steps=50000 seed=1 results_dir=results/jang_table1/final data_dir=../shared/data
@@ -43,8 +47,6 @@ nice -n 10 python -m bench run -m +experiment=jang_sbn_protocol +experiment/jang
 nice -n 10 python -m bench run -m +experiment=jang_sbn_protocol +experiment/jang_protocol_estimator=gumbel_softmax_tau1 task=sbn_categorical train.lr=0.003 train.steps=50000 seed=1 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_sbn_protocol +experiment/jang_protocol_estimator=st_gumbel_softmax_tau1 task=sbn_categorical train.lr=0.003 train.steps=50000 seed=1 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=reinforce task=bernoulli_vae train.lr=0.0003 train.steps=50000 seed=1 results_dir=results/jang_table1/final data_dir=../shared/data
-nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=darn task=bernoulli_vae train.lr=0.003 train.steps=50000 seed=1 results_dir=results/jang_table1/final data_dir=../shared/data
-nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=muprop task=bernoulli_vae train.lr=0.003 train.steps=50000 seed=1 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=straight_through task=bernoulli_vae train.lr=0.003 train.steps=50000 seed=1 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=annealed_st_r1e-5_n1000 task=bernoulli_vae train.lr=0.003 train.steps=50000 seed=1 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=gumbel_softmax_r1e-4_n1000 task=bernoulli_vae train.lr=0.003 train.steps=50000 seed=1 results_dir=results/jang_table1/final data_dir=../shared/data
@@ -56,7 +58,7 @@ nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang
 nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=annealed_st_r1e-5_n1000 task=categorical_vae train.lr=0.003 train.steps=50000 seed=1 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=gumbel_softmax_r1e-4_n1000 task=categorical_vae train.lr=0.003 train.steps=50000 seed=1 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=st_gumbel_softmax_r1e-5_n1000 task=categorical_vae train.lr=0.003 train.steps=50000 seed=1 results_dir=results/jang_table1/final data_dir=../shared/data
-# pass 3 of 3: seed 2 of each of 28 cells
+# pass 3 of 3: seed 2 of each of 26 cells
 nice -n 10 python -m bench run -m +experiment=jang_sbn_protocol +experiment/jang_protocol_estimator=reinforce task=sbn train.lr=0.003 train.steps=50000 seed=2 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_sbn_protocol +experiment/jang_protocol_estimator=darn task=sbn train.lr=0.003 train.steps=50000 seed=2 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_sbn_protocol +experiment/jang_protocol_estimator=muprop task=sbn train.lr=0.003 train.steps=50000 seed=2 results_dir=results/jang_table1/final data_dir=../shared/data
@@ -72,8 +74,6 @@ nice -n 10 python -m bench run -m +experiment=jang_sbn_protocol +experiment/jang
 nice -n 10 python -m bench run -m +experiment=jang_sbn_protocol +experiment/jang_protocol_estimator=gumbel_softmax_tau1 task=sbn_categorical train.lr=0.003 train.steps=50000 seed=2 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_sbn_protocol +experiment/jang_protocol_estimator=st_gumbel_softmax_tau1 task=sbn_categorical train.lr=0.003 train.steps=50000 seed=2 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=reinforce task=bernoulli_vae train.lr=0.0003 train.steps=50000 seed=2 results_dir=results/jang_table1/final data_dir=../shared/data
-nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=darn task=bernoulli_vae train.lr=0.003 train.steps=50000 seed=2 results_dir=results/jang_table1/final data_dir=../shared/data
-nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=muprop task=bernoulli_vae train.lr=0.003 train.steps=50000 seed=2 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=straight_through task=bernoulli_vae train.lr=0.003 train.steps=50000 seed=2 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=annealed_st_r1e-5_n1000 task=bernoulli_vae train.lr=0.003 train.steps=50000 seed=2 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=gumbel_softmax_r1e-4_n1000 task=bernoulli_vae train.lr=0.003 train.steps=50000 seed=2 results_dir=results/jang_table1/final data_dir=../shared/data
