@@ -264,3 +264,13 @@ def test_the_report_shows_the_selection_grid(tmp_path, store):
     darn = main[main.index("(`sbn_categorical`)"):]
     darn = next(ln for ln in darn.splitlines() if ln.startswith("| DARN |"))
     assert "not run yet" in darn and "lr=0.001 (selection incomplete)" in darn
+
+
+def test_the_figure_leaves_out_a_rejected_lr(store):
+    from bench.report.table1_runs import run_table
+    from bench.results import load
+
+    runs, df = run_table(store), load(store, all_runs=True)
+    curves = df[df["metric"] == "valid_neg_elbo"]
+    sf = table1.row_curves(curves, runs, "sbn", FINAL, {"reinforce": {"lr": 1e-4}})["SF"]
+    assert sf.iloc[-1] == pytest.approx(72.0)  # seeds 0-2 at 1e-4; the 1e-3 run ends at 10

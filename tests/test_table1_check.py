@@ -98,3 +98,19 @@ def test_a_stable_seed_0_needs_no_check(tmp_path, capsys):
     assert row["setting"] == "lr=0.003" and "full-length" not in line
     runs = [c for c in _commands(fin, capsys) if c.startswith("nice")]
     assert [c.split("seed=")[1].split()[0] for c in runs] == ["0", "1", "2"]
+
+
+def test_the_figure_draws_only_the_runs_the_cell_reports(tmp_path):
+    """The row's curves: the full-length check's winner only, not the mean of both
+    learning rates' seed-0 runs."""
+    from bench.report.table1_runs import run_table
+    from bench.results import load
+
+    fin = _store(tmp_path, smaller=(124.0, 124.5, 0.0))
+    runs, df = run_table(fin), load(fin, all_runs=True)
+    curves = df[df["metric"] == "valid_neg_elbo"]
+    darn = table1.row_curves(curves, runs, "bernoulli_vae", FINAL,
+                             {"darn": {"lr": 1e-3}})["DARN"]
+    assert darn.iloc[-1] == pytest.approx(124.0)  # both together would end at 140.5
+    both = table1.row_curves(curves, runs, "bernoulli_vae", FINAL, {})["DARN"]
+    assert both.iloc[-1] == pytest.approx(140.5)

@@ -191,10 +191,11 @@ def build(store, out, select=None, cost=None, final_steps=50_000, seeds=3,
         head += " m = 1000 bound |" if metric == "test_neg_elbo" else ""
         head += " chosen on validation | valid −ELBO still falling? | evidence |"
         md += [head, "|" + "---|" * (head.count("|") - 1)]
-        ours, theirs, names = [], [], []
+        ours, theirs, names, settings = [], [], [], {}
         for est, col in COLUMNS:
             chosen = chosen_all.get((task, est))
             c = cell(runs, finals, curves, task, est, chosen, final_steps)
+            settings[est] = (c.get("check") or {}).get("setting")
             p = pub["values"].get(est, math.nan)
             rec = {"row": task, "column": col, "estimator": est, "metric": metric,
                    "published": p, "status": c["status"]}
@@ -247,7 +248,7 @@ def build(store, out, select=None, cost=None, final_steps=50_000, seeds=3,
                    f"**{win_o}**, in the paper (among these) **{win_p}**; Spearman ρ = "
                    + (f"{rho:.2f}" if not math.isnan(rho) else "n/a (fewer than 3)") + ".", ""]
         if figures and not curves.empty:
-            fig = plot_row(curves, runs, task, final_steps, out)
+            fig = plot_row(curves, runs, task, final_steps, out, settings)
             if fig:
                 md += [f"![validation −ELBO, {row_name}]({fig})", ""]
 
@@ -274,21 +275,33 @@ def build(store, out, select=None, cost=None, final_steps=50_000, seeds=3,
     return page
 
 
-def plot_row(curves, runs, task, final_steps, out: Path) -> str | None:
-    ids = runs[(runs["task"] == task) & (runs["steps"] == final_steps)]
-    if ids.empty:
+def row_curves(curves, runs, task, final_steps, settings: dict) -> dict:
+    """{column: validation -ELBO by step, mean over the cell's final runs} -- only the
+    runs at the setting each cell reports (``settings``: estimator -> hyperparameters),
+    never a rejected learning rate's or a full-length check's that lost."""
+    ids = runs[(runs["task"] == task) & (runs["steps"] == final_steps)
+               & (runs["status"] == "complete")]
+    out = {}
+    for est, col in COLUMNS:
+        mine = ids[ids["estimator"] == est]
+        if settings.get(est):
+            mine = mine[same_setting(mine, settings[est])]
+        c = curves[curves["run_id"].isin(set(mine["run_id"]))]
+        if not c.empty:
+            out[col] = c.groupby("step")["value"].mean()
+    return out
+
+
+def plot_row(curves, runs, task, final_steps, out: Path, settings: dict) -> str | None:
+    lines = row_curves(curves, runs, task, final_steps, settings)
+    if not lines:
         return None
     from .figures import pyplot
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     late = []  # the y range: the curves after the first 10 % of training, where they differ
-    for est, col in COLUMNS:
-        rid = set(ids.loc[ids["estimator"] == est, "run_id"])
-        c = curves[curves["run_id"].isin(rid)]
-        if c.empty:
-            continue
-        mean = c.groupby("step")["value"].mean()
+    for col, mean in lines.items():
         ax.plot(mean.index, mean.values, label=col)
         late += list(mean[mean.index >= 0.1 * final_steps].values)
     if late:
