@@ -83,7 +83,7 @@ def cost(tmp_path):
 def test_table1_report(tmp_path, store, cost):
     out = tmp_path / "out"
     assert table1.main([str(store), "--out", str(out), "--cost", str(cost), "--final_steps",
-                        str(FINAL), "--seeds", "3"]) == 0
+                        str(FINAL), "--seeds", "3", "--check", "unstable"]) == 0
     page = (out / "REPORT.md").read_text()
     t = pd.read_csv(out / "table1.csv").set_index(["row", "column"])
     assert len(t) == 28
@@ -150,7 +150,7 @@ def test_table1_without_a_store_is_one_line(tmp_path, capsys):
 
 def test_final_commands_at_the_chosen_settings(store, capsys):
     assert table1.main([str(store), "--final-commands", "--partial", "--final_steps",
-                        str(FINAL)]) == 0
+                        str(FINAL), "--check", "unstable"]) == 0
     lines = capsys.readouterr().out.splitlines()
     sf = [ln for ln in lines
           if "jang_protocol_estimator=reinforce " in ln and "task=sbn " in ln]

@@ -4,6 +4,8 @@ asks for the next smaller one at full length; the cell then takes whichever seed
 ends lower on validation, and seeds 1+ follow it (in the report and in
 --final-commands)."""
 
+import shutil
+
 import pandas as pd
 import pytest
 
@@ -26,10 +28,10 @@ def _store(tmp_path, smaller=None, chosen_status="complete", rising=90.0):
     return fin
 
 
-def _report(tmp_path, fin):
+def _report(tmp_path, fin, mode="all"):
     out = tmp_path / "out"
     assert table1.main([str(fin), "--out", str(out), "--final_steps", str(FINAL),
-                        "--no-figures"]) == 0
+                        "--no-figures", "--check", mode]) == 0
     t = pd.read_csv(out / "table1.csv").set_index(["row", "column"])
     page = (out / "REPORT.md").read_text()
     line = next(ln for ln in page.splitlines()  # the only DARN cell with final runs
@@ -37,26 +39,32 @@ def _report(tmp_path, fin):
     return t.loc[("bernoulli_vae", "DARN")], line
 
 
-def _commands(fin, capsys):
+def _commands(fin, capsys, mode="all"):
     assert table1.main([str(fin), "--final-commands", "--partial", "--final_steps",
-                        str(FINAL)]) == 0
+                        str(FINAL), "--check", mode]) == 0
     return [ln for ln in capsys.readouterr().out.splitlines()
             if "task=bernoulli_vae" in ln or "bernoulli_vae DARN" in ln]
 
 
-def test_an_unstable_seed_0_asks_for_the_next_smaller_lr(tmp_path, capsys):
+def _lr_seed(runs):
+    return [(c.split("train.lr=")[1].split()[0], c.split("seed=")[1].split()[0])
+            for c in runs]
+
+
+@pytest.mark.parametrize("mode", ["all", "unstable"])
+def test_an_unstable_seed_0_asks_for_the_next_smaller_lr(tmp_path, capsys, mode):
     fin = _store(tmp_path)
-    row, line = _report(tmp_path, fin)
+    row, line = _report(tmp_path, fin, mode)
     assert row["mean"] == pytest.approx(157.0)  # reported as it is while the check runs
     assert "lr=0.003 (full-length check of lr=0.001 pending)" in line
     assert "1 full-length check planned" in line and "lr=0.001 not run yet" in line
-    cmds = _commands(fin, capsys)
+    cmds = _commands(fin, capsys, mode)
     runs = [c for c in cmds if c.startswith("nice")]
     # the check at 1e-3 first, then seed 0 at the selected 3e-3 (done: skipped when run);
     # no seeds 1, 2 until the check is done
-    assert [(c.split("train.lr=")[1].split()[0], c.split("seed=")[1].split()[0])
-            for c in runs] == [("0.001", "0"), ("0.003", "0")]
-    assert any(c.startswith("# bernoulli_vae DARN: seed 0 at lr=0.003 is unstable") for c in cmds)
+    assert _lr_seed(runs) == [("0.001", "0"), ("0.003", "0")]
+    assert "# bernoulli_vae DARN: seeds 1+ wait for the full-length check at lr=0.001 " \
+        "(seed 0 at lr=0.003 is unstable or diverged)" in "\n".join(cmds)
 
 
 def test_the_check_that_ends_lower_on_validation_takes_the_cell(tmp_path, capsys):
@@ -67,8 +75,7 @@ def test_the_check_that_ends_lower_on_validation_takes_the_cell(tmp_path, capsys
     assert "full-length check (seed 0): lr=0.003: valid −ELBO 157.0 at the end (best " \
         "122.3 at step 600); lr=0.001: valid −ELBO 124.0 at the end" in line
     runs = [c for c in _commands(fin, capsys) if c.startswith("nice")]
-    assert [(c.split("train.lr=")[1].split()[0], c.split("seed=")[1].split()[0])
-            for c in runs] == [("0.003", "0"), ("0.001", "1"), ("0.001", "2")]
+    assert _lr_seed(runs) == [("0.003", "0"), ("0.001", "1"), ("0.001", "2")]
 
 
 def test_a_worse_check_keeps_the_selected_lr(tmp_path, capsys):
@@ -92,12 +99,42 @@ def test_a_diverged_seed_0_is_checked_too(tmp_path, capsys):
     assert row["mean"] == pytest.approx(131.0)
 
 
-def test_a_stable_seed_0_needs_no_check(tmp_path, capsys):
+def test_a_stable_seed_0_is_checked_only_with_check_all(tmp_path, capsys):
     fin = _store(tmp_path, rising=0.0)
-    row, line = _report(tmp_path, fin)
+    row, line = _report(tmp_path, fin, "unstable")
     assert row["setting"] == "lr=0.003" and "full-length" not in line
-    runs = [c for c in _commands(fin, capsys) if c.startswith("nice")]
+    runs = [c for c in _commands(fin, capsys, "unstable") if c.startswith("nice")]
     assert [c.split("seed=")[1].split()[0] for c in runs] == ["0", "1", "2"]
+    # --check all: every cell gets its check, stable or not
+    row, line = _report(tmp_path, fin, "all")
+    assert row["setting"] == "lr=0.003 (full-length check of lr=0.001 pending)"
+    cmds = _commands(fin, capsys, "all")
+    # (a check not asked for by instability comes after every cell's seed 0)
+    assert _lr_seed([c for c in cmds if c.startswith("nice")]) == [("0.003", "0"),
+                                                                    ("0.001", "0")]
+    assert "(every cell gets one)" in "\n".join(cmds)
+    # once the check has run, stable and worse: kept, and seeds 1, 2 at 3e-3
+    plant(fin, "bernoulli_vae", "darn", 0, FINAL, 1e-3, 125.0, 125.0)
+    row, _ = _report(tmp_path, fin, "all")
+    assert row["setting"] == "lr=0.003 (kept at full length)"
+    runs = [c for c in _commands(fin, capsys, "all") if c.startswith("nice")]
+    assert _lr_seed(runs) == [("0.003", "0"), ("0.003", "1"), ("0.003", "2")]
+
+
+def test_check_all_runs_a_cell_s_check_after_every_cell_s_seed_0(tmp_path, capsys):
+    """Before any final run: pass 1 is each cell's seed 0 at its selected setting, then
+    the checks at the next smaller LR; no seeds 1+ yet."""
+    fin = _store(tmp_path)
+    shutil.rmtree(fin / "runs")  # drop the final runs: a fresh store
+    plant(tmp_path / "selection", "sbn", "straight_through", 0, 200, 1e-4, 60.0, 60.0)
+    assert table1.main([str(fin), "--final-commands", "--partial", "--final_steps",
+                        str(FINAL)]) == 0  # --check all is the default
+    out = capsys.readouterr().out
+    assert "# pass 2 of 3: seed 1 of each of 0 cells (2 more wait for their check)" in out
+    runs = [c for c in out.splitlines() if c.startswith("nice")]
+    assert [(r[0], r[1], "task=sbn " in c) for r, c in zip(_lr_seed(runs), runs)] == [
+        ("0.0001", "0", True), ("0.003", "0", False), ("3e-05", "0", True),
+        ("0.001", "0", False)]
 
 
 def test_the_figure_draws_only_the_runs_the_cell_reports(tmp_path):

@@ -5,28 +5,28 @@ validation, rank agreement, curves, and evidence for every large gap.
     python -m bench table1 results/jang_table1/final [--out results/jang_table1]
                            [--selection results/jang_table1/selection | --select CHOSEN.csv]
                            [--cost results/jang_table1/cost.csv] [--final-commands [--partial]]
-                           [--final_steps 50000] [--seeds 3]
+                           [--final_steps 50000] [--seeds 3] [--check all|unstable]
 
 Runs are sorted into the 4 rows (tasks) x 7 columns (estimators) of Table 1. Runs of
 ``--final_steps`` steps are the final runs; shorter ones (in ``--selection``, a store
 of their own, or in STORE itself) are the selection grid.
 A cell's hyperparameters (train.lr and, for the Gumbel-Softmax family, the tau
-schedule r, N) are those of ``--select`` (a CSV with columns ``task``,
-``estimator`` and any of ``train.lr``/``lr``, ``estimator.anneal_rate``/``anneal_rate``,
+schedule r, N) are those of ``--select`` (a CSV with columns ``task``, ``estimator``
+and any of ``train.lr``/``lr``, ``estimator.anneal_rate``/``anneal_rate``,
 ``estimator.anneal_every``/``anneal_every``, as ``python -m bench select`` writes),
 else chosen here: the setting with the lowest mean final ``valid_neg_elbo`` over seeds
-among the selection runs (never a test metric), then settled at full length where
-the seed-0 final run at that setting is unstable or diverged (the next smaller
-learning rate is run too and the lower final valid -ELBO wins;
-bench/report/table1_check.py). The cell's value is the mean +- 95 %
-Student-t interval over the final runs at that setting: test_nll (m = 1000) for the
-SBN rows, the single-sample test -ELBO for the VAE rows, with their m = 1000 bound
-beside it. Cells without final runs are "not run yet", with their planned cost from
-``--cost`` (``python -m bench table1_cost``). Written under ``--out``: REPORT.md,
-table1.csv and figures/valid_<row>.png; REPORT.md ends with the selection grid (every
-selection run's final valid -ELBO by learning rate, the choice in bold;
-bench/report/table1_selection.py). ``--final-commands`` prints one command per
-cell and seed at its chosen setting (bench/report/table1_commands.py), and holds
+among the selection runs (never a test metric), then settled at full length: seed 0 of
+the next smaller learning rate is run at full length too and the lower final valid
+-ELBO wins, for every cell (``--check all``) or only where the selected seed-0 run is
+unstable or diverged (``--check unstable``; bench/report/table1_check.py). The cell's
+value is the mean +- 95 % Student-t interval over the final runs at that setting:
+test_nll (m = 1000) for the SBN rows, the single-sample test -ELBO for the VAE rows,
+with their m = 1000 bound beside it. Cells without final runs are "not run yet", with
+their planned cost from ``--cost`` (``python -m bench table1_cost``). Written under
+``--out``: REPORT.md, table1.csv and figures/valid_<row>.png; REPORT.md ends with the
+selection grid (every selection run's final valid -ELBO by learning rate, the choice
+in bold; bench/report/table1_selection.py). ``--final-commands`` prints one command
+per cell and seed at its chosen setting (bench/report/table1_commands.py), and holds
 back a cell whose planned selection grid is not all run (``--partial`` prints it
 anyway, marked).
 """
@@ -44,7 +44,7 @@ import pandas as pd
 from ..results import load
 from .published import published_for
 from .stats import mean_ci
-from .table1_check import UNSTABLE, full_length
+from .table1_check import MODES, UNSTABLE, full_length
 from .table1_commands import final_commands
 from .table1_runs import (
     HYPER,
@@ -72,12 +72,12 @@ GAP = 2.0  # nats from the paper that call for a line of evidence
 
 # --- the table --------------------------------------------------------------------
 
-def cell(runs, finals, curves, task, est, chosen, final_steps) -> dict:
+def cell(runs, finals, curves, task, est, chosen, final_steps, mode="all") -> dict:
     mine = runs[(runs["task"] == task) & (runs["estimator"] == est)
                 & (runs["steps"] == final_steps)]
     done = mine[mine["status"].isin(["complete", "diverged"])]
     hyper = {k: v for k, v in (chosen or {}).items() if not k.startswith("_")}
-    check = (full_length(runs, curves, task, est, chosen, final_steps) if "lr" in hyper
+    check = (full_length(runs, curves, task, est, chosen, final_steps, mode) if "lr" in hyper
              else {"setting": hyper, "pending": None, "checked": [], "changed": False})
     hyper = check["setting"]
     if hyper:
@@ -169,7 +169,7 @@ def evidence(c: dict, chosen: dict | None, metric: str) -> list[str]:
 
 
 def build(store, out, select=None, cost=None, final_steps=50_000, seeds=3,
-          figures=True, selection=None) -> Path:
+          figures=True, selection=None, check="all") -> Path:
     store, out = Path(store), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = run_table(store)
@@ -194,7 +194,7 @@ def build(store, out, select=None, cost=None, final_steps=50_000, seeds=3,
         ours, theirs, names, settings = [], [], [], {}
         for est, col in COLUMNS:
             chosen = chosen_all.get((task, est))
-            c = cell(runs, finals, curves, task, est, chosen, final_steps)
+            c = cell(runs, finals, curves, task, est, chosen, final_steps, check)
             settings[est] = (c.get("check") or {}).get("setting")
             p = pub["values"].get(est, math.nan)
             rec = {"row": task, "column": col, "estimator": est, "metric": metric,
@@ -205,9 +205,10 @@ def build(store, out, select=None, cost=None, final_steps=50_000, seeds=3,
                 h = float(hit["run_h"].iloc[0]) if len(hit) else math.nan
             if c["status"] != "done":
                 planned = ""
-                if not math.isnan(h):
-                    planned = f"; planned {seeds} × {h:.2f} = {seeds * h:.1f} CPU-h"
-                    rec["planned_h"] = seeds * h
+                n = seeds + (1 if (c.get("check") or {}).get("pending") else 0)
+                if not math.isnan(h):  # (n: with its full-length check)
+                    planned = f"; planned {n} × {h:.2f} = {n * h:.1f} CPU-h"
+                    rec["planned_h"] = n * h
                 running = f"; {c['n_running']} in progress" if c.get("n_running") else ""
                 pick = setting_label(chosen) if chosen and "lr" in chosen else ""
                 if pick and missing_settings(task, est, chosen):
@@ -259,9 +260,11 @@ def build(store, out, select=None, cost=None, final_steps=50_000, seeds=3,
     planned = table.get("planned_h", pd.Series(dtype=float)).sum()
     how = (f"from {select}" if select else "chosen on validation (valid_neg_elbo) among the "
            f"shorter selection runs of {selection or 'the store'}")
-    how += (f"; where a cell's seed-0 final run ends more than {UNSTABLE:g} nats above its "
-            f"best or diverges, its next smaller LR runs at full length too and the lower "
-            f"final valid −ELBO wins (the 'chosen on validation' column says so)")
+    how += ("; then the full-length check (seed 0 at the next smaller LR too, the lower "
+            "final valid −ELBO wins; the 'chosen on validation' column says so) "
+            + ("for every cell" if check == "all" else
+               f"where a cell's seed-0 final run ends more than {UNSTABLE:g} nats above its "
+               "best or diverges"))
     lines = ["# Jang, Gu & Poole (2017), Table 1 — reproduction", "",
              f"Generated by `python -m bench table1 {store}` on {time.strftime('%Y-%m-%d')} "
              f"from the store alone ({len(runs)} runs; final runs: {final_steps} steps). "
@@ -269,7 +272,8 @@ def build(store, out, select=None, cost=None, final_steps=50_000, seeds=3,
              f"Cells with final runs: {len(done)} of {len(table)}, "
              f"{int((done['seeds'] >= seeds).sum()) if len(done) else 0} of them with all "
              f"{seeds} seeds"
-             + (f"; the rest planned at {planned:.1f} CPU-hours ({seeds} seeds)" if planned else "")
+             + (f"; the rest planned at {planned:.1f} CPU-hours ({seeds} seeds and the full-length "
+                f"checks)" if planned else "")
              + ". Lower is better everywhere. A difference beyond "
              f"{GAP:g} nats gets a line of evidence; 'still falling' means the validation −ELBO "
              f"fell by more than {FALLING} nats over the last 20 % of training.", ""]
@@ -338,6 +342,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--final_steps", type=int, default=50_000)
     ap.add_argument("--seeds", type=int, default=3, help="seeds planned per cell")
     ap.add_argument("--no-figures", action="store_true")
+    ap.add_argument("--check", choices=MODES, default="all",
+                    help="which cells get the full-length check (bench/report/"
+                         "table1_check.py): all (default) or only the unstable ones")
     ap.add_argument("--final-commands", action="store_true",
                     help="print the final runs' commands at the chosen settings, write nothing")
     ap.add_argument("--partial", action="store_true",
@@ -354,13 +361,13 @@ def main(argv: list[str]) -> int:
     if a.final_commands:
         chosen = chosen_settings(store, a.select, selection, a.final_steps)
         print("\n".join(final_commands(chosen, a.final_steps, a.seeds, store, ROWS,
-                                         COLUMNS, a.partial)))
+                                         COLUMNS, a.partial, a.check)))
         return 0
     out = Path(a.out) if a.out else store.parent
     cost = a.cost or (out / "cost.csv")
     try:
         page = build(store, out, a.select, cost, a.final_steps, a.seeds, not a.no_figures,
-                     selection)
+                     selection, a.check)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

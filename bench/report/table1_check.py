@@ -16,6 +16,7 @@ import pandas as pd
 from .table1_runs import LRS, same_setting, setting_label
 
 UNSTABLE = 2.0  # nats of validation -ELBO at the end above the curve's best
+MODES = ("all", "unstable")  # which cells get the full-length check (module docstring)
 
 
 def curve_rise(c: pd.DataFrame) -> tuple[float, int | None, float]:
@@ -35,24 +36,29 @@ def _smaller(setting: dict) -> dict | None:
     return {**setting, "lr": below[-1]} if below else None
 
 
-def full_length(runs, curves, task, est, chosen, final_steps) -> dict:
-    """The settling of one cell. Returns ``setting`` (the hyperparameters its final
-    runs use, selection keys only), ``pending`` (a setting whose seed-0 run must
-    finish before seeds 1+ can be placed; None when settled), ``checked``
-    (one line per setting looked at, for the report) and ``changed`` (bool)."""
+def full_length(runs, curves, task, est, chosen, final_steps, mode="all") -> dict:
+    """The settling of one cell. Walks down from the selected setting through the
+    learning rates whose seed-0 final run exists, and takes the lowest final valid
+    -ELBO among them. A next smaller learning rate is asked for (``pending``) when the
+    smallest run so far is unstable or diverged, and with ``mode="all"`` also once
+    for every cell (whether or not the selected run is finished). Returns
+    ``setting`` (the hyperparameters the cell reports and its seeds 1+ use;
+    selection keys only), ``pending`` (a seed-0 run still needed before seeds 1+ can
+    be placed, or None), ``why`` (its reason) and ``unstable`` (asked for by an
+    unstable or diverged run), ``checked`` (one line per run looked at) and
+    ``changed``."""
+    if mode not in MODES:
+        raise ValueError(f"--check must be one of {', '.join(MODES)}, got {mode!r}")
     hyper = {k: v for k, v in chosen.items() if not k.startswith("_")}
     mine = runs[(runs["task"] == task) & (runs["estimator"] == est)
-                & (runs["steps"] == final_steps) & (runs["seed"] == 0)]
-    best, setting, checked = None, hyper, []
+                & (runs["steps"] == final_steps) & (runs["seed"] == 0)
+                & runs["status"].isin(["complete", "diverged"])]
+    best, setting, checked, last_bad = None, hyper, [], False
     while setting is not None:
-        r = mine[same_setting(mine, setting) & mine["status"].isin(["complete", "diverged"])]
+        r = mine[same_setting(mine, setting)]
         if r.empty:
-            if not checked:  # the selection's own seed 0 is not finished: nothing to check
-                return {"setting": hyper, "pending": None, "checked": [], "changed": False}
-            return {"setting": best[0] if best else hyper, "pending": setting,
-                    "checked": checked, "changed": False}
-        rid = r["run_id"].iloc[0]
-        rise, step, end = curve_rise(curves[curves["run_id"] == rid])
+            break
+        rise, step, end = curve_rise(curves[curves["run_id"] == r["run_id"].iloc[0]])
         bad = r["status"].iloc[0] == "diverged" or not math.isfinite(end)
         label = setting_label(setting)
         checked.append(f"{label}: diverged" if bad else
@@ -60,10 +66,16 @@ def full_length(runs, curves, task, est, chosen, final_steps) -> dict:
                        f"at step {step})")
         if not bad and (best is None or end < best[1]):
             best = (setting, end)
-        if not bad and rise <= UNSTABLE:
-            break  # stable: no smaller learning rate is needed
+        last_bad, checked_setting = bad or rise > UNSTABLE, setting
         setting = _smaller(setting)
-    if best is None:  # every setting down to the grid's smallest diverged
-        return {"setting": hyper, "pending": None, "checked": checked, "changed": False}
-    return {"setting": best[0], "pending": None, "checked": checked,
-            "changed": best[0] != hyper}
+    if not checked:  # the selected seed 0 is not finished
+        wanted = _smaller(hyper) if mode == "all" else None
+    else:
+        wanted = setting if last_bad or (mode == "all" and len(checked) == 1) else None
+    final = best[0] if best else hyper
+    unstable = wanted is not None and bool(checked) and last_bad
+    why = None if wanted is None else (
+        f"seed 0 at {setting_label(checked_setting)} is unstable or diverged" if unstable
+        else "every cell gets one")
+    return {"setting": final, "pending": wanted, "checked": checked,
+            "changed": final != hyper, "why": why, "unstable": unstable}

@@ -22,21 +22,21 @@ def protocol_file(task: str, est: str, chosen: dict) -> str:
 
 
 def final_commands(chosen_all: dict, final_steps: int, seeds: int, store, rows,
-                   columns, partial: bool = False) -> list[str]:
+                   columns, partial: bool = False, mode: str = "all") -> list[str]:
     """One resumable `python -m bench run` per cell and seed at its chosen setting, in
     passes: seed 0 of every cell, then seed 1 of every cell, ... so that a script stopped
     part-way has given as many cells as possible a first number. Run two copies at once
     and the store's locks split the runs between them (a copy skips a config the other
     is training), so both cores stay busy to the last run (bench/store/lock.py).
-    A cell whose seed-0 run is unstable at full length gets its full-length check
-    (bench/report/table1_check.py) at the start of pass 1, and no seeds 1+ until the
-    check is done and the commands are printed again."""
+    A cell's full-length check (bench/report/table1_check.py; ``mode``: every cell, or
+    only those whose seed-0 run is unstable) is a seed-0 run in pass 1, and the cell
+    gets no seeds 1+ until the check is done and the commands are printed again."""
     runs = run_table(store)  # the final runs so far (none when the store is new)
     curves = pd.DataFrame(columns=["run_id", "step", "value"])
     if len(runs):
         df = load(store, all_runs=True)
         curves = df[df["metric"] == "valid_neg_elbo"]
-    notes, cells, checks = [], [], []
+    notes, cells, first_checks, last_checks = [], [], [], []
     for task, *_ in rows:
         for est, col in columns:
             chosen = chosen_all.get((task, est))
@@ -60,22 +60,26 @@ def final_commands(chosen_all: dict, final_steps: int, seeds: int, store, rows,
                         "seed={seed} "
                         f"results_dir={store} "
                         f"data_dir=../shared/data")
-            check = full_length(runs, curves, task, est, chosen, final_steps)
+            check = full_length(runs, curves, task, est, chosen, final_steps, mode)
             later = command(check["setting"])
             if check["pending"]:
-                checks.append(command(check["pending"]).replace("seed={seed}", "seed=0"))
-                notes.append(f"# {task} {col}: seed 0 at {setting_label(check['setting'])} is "
-                             f"unstable or diverged at full length; seeds 1+ wait for the check "
-                             f"at {setting_label(check['pending'])} (at the start of pass 1; run "
-                             f"--final-commands again once it is done)")
+                run = command(check["pending"]).replace("seed={seed}", "seed=0")
+                # a check asked for by an unstable run goes first (it will likely move its
+                # cell); the others after every cell's seed 0 (a first number for all)
+                (first_checks if check["unstable"] else last_checks).append(run)
+                notes.append(f"# {task} {col}: seeds 1+ wait for the full-length check at "
+                             f"{setting_label(check['pending'])} ({check['why']}); print "
+                             f"these commands again once it is done")
                 later = None
             cells.append((command(chosen), later))
     out = list(notes)
     for seed in range(seeds):
         now = [first if seed == 0 else later for first, later in cells]
         now = [c.replace("seed={seed}", f"seed={seed}") for c in now if c]
-        out.append(f"# pass {seed + 1} of {seeds}: "
-                   + (f"{len(checks)} full-length check(s), then " if seed == 0 and checks
-                      else "") + f"seed {seed} of each of {len(now)} cells")
-        out += (checks if seed == 0 else []) + now  # a cell's seeds 1+ wait for its check
+        n_checks = len(first_checks) + len(last_checks) if seed == 0 else 0
+        held = len(cells) - len(now)
+        out.append(f"# pass {seed + 1} of {seeds}: seed {seed} of each of {len(now)} cells"
+                   + (f" and {n_checks} full-length check(s)" if n_checks else "")
+                   + (f" ({held} more wait for their check)" if held else ""))
+        out += first_checks + now + last_checks if seed == 0 else now
     return out
