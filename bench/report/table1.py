@@ -44,7 +44,7 @@ import pandas as pd
 from ..results import load
 from .published import published_for
 from .stats import mean_ci
-from .table1_check import MODES, UNSTABLE, full_length
+from .table1_check import MODES, UNSTABLE, curve_rise, full_length
 from .table1_commands import final_commands
 from .table1_runs import (
     HYPER,
@@ -103,8 +103,8 @@ def cell(runs, finals, curves, task, est, chosen, final_steps, mode="all") -> di
             at80 = c.iloc[(c["step"] - 0.8 * c["step"].max()).abs().argmin()]["value"]
             drops.append(at80 - c["value"].iloc[-1])
         if len(c):
-            best = c.loc[c["value"].idxmin()]
-            rises.append((c["value"].iloc[-1] - best["value"], int(best["step"])))
+            rise, best_step, _ = curve_rise(c)
+            rises.append((rise, best_step))
     out["drop_last20"] = sum(drops) / len(drops) if drops else math.nan
     out["rise"] = sum(r for r, _ in rises) / len(rises) if rises else math.nan
     out["best_step"] = max(s for _, s in rises) if rises else None  # every seed's best by then

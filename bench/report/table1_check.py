@@ -1,11 +1,14 @@
 """The full-length check of a Table-1 cell (bench/report/table1.py): the selection grid
-is short (5,000 steps), so a learning rate it chose may not hold for 50,000. When a
-cell's seed-0 final run is unstable (its validation -ELBO ends more than UNSTABLE nats
-above its best) or diverged, the next smaller learning rate of the grid (same tau
+is short (5,000 steps) and favours learning rates that learn fast early, so its choice
+may not be the best at 50,000. The next smaller learning rate of the grid (same tau
 schedule) is run at full length with seed 0 too, and the cell's setting becomes the
 one whose seed-0 run ends with the lower validation -ELBO -- still a choice on
-validation, now at the final length; if that one is unstable too, the next smaller
-is checked, and so on. Seeds 1, 2, ... run at the setting this settles on."""
+validation, made at the final length; while the smallest run so far is unstable (its
+validation -ELBO ends more than UNSTABLE nats above its best) or diverged, the next
+smaller is checked as well. ``mode="all"`` checks every cell this way (one more
+seed-0 run each, the same treatment for every estimator); ``mode="unstable"`` only
+the cells whose selected run is unstable or diverged. Seeds 1, 2, ... run at the
+setting this settles on."""
 
 from __future__ import annotations
 
