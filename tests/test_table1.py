@@ -274,3 +274,14 @@ def test_the_figure_leaves_out_a_rejected_lr(store):
     curves = df[df["metric"] == "valid_neg_elbo"]
     sf = table1.row_curves(curves, runs, "sbn", FINAL, {"reinforce": {"lr": 1e-4}})["SF"]
     assert sf.iloc[-1] == pytest.approx(72.0)  # seeds 0-2 at 1e-4; the 1e-3 run ends at 10
+
+
+@pytest.mark.parametrize("rise,word", [(0.3, None), (1.5, "within the full-length check's"),
+                                       (2.5, "unstable:")])
+def test_evidence_calls_unstable_only_what_the_check_calls_unstable(rise, word):
+    c = {"drop_last20": 0.0, "rise": rise, "best_step": 800, "check": {}, "m": (1, 0, 3)}
+    text = "; ".join(table1.evidence(c, None, "m"))
+    assert ("unstable:" in text) == (rise > table1.UNSTABLE)
+    assert ("above its best" in text) == (rise > table1.FALLING)
+    if word:
+        assert word in text
