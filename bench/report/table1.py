@@ -143,14 +143,15 @@ def evidence(c: dict, chosen: dict | None, metric: str) -> list[str]:
     if c.get("drop_last20", 0) > FALLING:
         lines.append(f"still falling: valid −ELBO {c['drop_last20']:.1f} nats lower at the end "
                      f"than at 80 % of training")
-    if c.get("rise", 0) > UNSTABLE:  # the full-length check's own threshold
-        lines.append(f"unstable: valid −ELBO {c['rise']:.1f} nats above its best (every "
-                     f"seed's best reached by step {c['best_step']}) at the end: the chosen LR "
-                     f"holds for the selection's length, not for the final one")
-    elif c.get("rise", 0) > FALLING:
-        lines.append(f"valid −ELBO ends {c['rise']:.1f} nats above its best (every seed's "
-                     f"best reached by step {c['best_step']}), within the full-length "
-                     f"check's {UNSTABLE:g}-nat tolerance")
+    rise = c.get("rise", 0)
+    above = (f"{rise:.1f} nats above its best (every seed's best reached by step "
+             f"{c.get('best_step')})")
+    if rise > UNSTABLE:  # the full-length check's own threshold
+        lines.append(f"unstable: valid −ELBO {above} at the end: the chosen LR holds for the "
+                     f"selection's length, not for the final one")
+    elif rise > FALLING:
+        lines.append(f"valid −ELBO ends {above}, within the full-length check's "
+                     f"{UNSTABLE:g}-nat tolerance")
     chk = c.get("check") or {}
     if len(chk.get("checked", [])) > 1 or chk.get("pending"):
         lines.append("full-length check (seed 0): " + "; ".join(chk["checked"])
