@@ -192,6 +192,46 @@ def test_repair_moves_damage_aside_and_the_grid_trains_those_configs_again(damag
     assert bench("store", "verify", root).returncode == 0
 
 
+@pytest.mark.slow
+def test_a_clone_without_model_files_is_whole_and_its_grid_is_not_retrained(clean_store,
+                                                                           tmp_path):
+    """model.pt is git-ignored, so a clone of a committed store has none: its runs are
+    whole (rows checked), load() keeps them, the grid skips them, the report has a gap
+    for the samples only. A model that is there but altered is still damage."""
+    root = tmp_path / "store"
+    shutil.copytree(clean_store, root)
+    models = sorted((root / "runs").glob("*/*/model.pt"))
+    assert len(models) == len(SEEDS)
+    for m in models[1:]:
+        m.unlink()
+    altered = models[0]
+    altered.write_bytes(altered.read_bytes()[:-1])
+    res = bench("store", "verify", root)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert [ln for ln in res.stdout.splitlines() if ln.startswith("damaged: ")] == \
+        [f"damaged: {altered.parent}: model.pt: checksum mismatch (truncated or altered)"]
+    assert f"{len(SEEDS) - 1} finished runs have no model.pt here" in res.stdout
+    altered.unlink()  # now as a clone has it
+    res = bench("store", "verify", root)
+    assert res.returncode == 0 and "0 damaged" in res.stdout, res.stdout
+    assert f"{len(SEEDS)} finished runs have no model.pt here" in res.stdout
+    assert all(not check_run(d).problems for d in (root / "runs").glob("*/*"))
+    load = py("import sys; from bench.results import load; "
+              "print(sorted(load(sys.argv[1], strict=True).seed.unique().tolist()))", root)
+    assert load.returncode == 0 and "skipped damaged" not in load.stderr, load.stderr[-2000:]
+    assert load.stdout.splitlines()[0] == str(SEEDS)
+    again = grid(root)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (again.stdout + again.stderr).count("skipped: config") == len(SEEDS)
+    assert len(list((root / "runs").glob("*/*"))) == len(SEEDS)  # nothing trained again
+    out = tmp_path / "report"
+    rep = bench("report", root, "--out", out)
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    page = (out / "REPORT.md").read_text()
+    assert "Every run completed" in page, page[:2000]  # no run listed as damaged
+    assert "no saved model" in page
+
+
 def test_nonfinite_metrics_are_stored_as_gaps_with_a_note(tmp_path):
     st = results.Store(tmp_path)
     rec = st.start("h" * 16, {"estimator": "e", "task": "t", "dataset": "d", "seed": 0})

@@ -42,6 +42,9 @@ def main(argv: list[str]) -> int:
         print(f"leftover: {p} (a temporary file of a writer that was stopped)")
     print(f"{verdict.runs} runs checked under {root}: {len(verdict.damaged)} damaged, "
           f"{len(verdict.leftovers)} temporary files")
+    if verdict.no_model:
+        print(f"{verdict.no_model} finished runs have no model.pt here (model files are not "
+              f"committed; their rows are checked and whole)")
     if a.repair:
         for src, dest in repair(root, verdict):
             print(f"moved aside: {src} -> {dest}")

@@ -5,6 +5,10 @@ A run is *damaged* when any of its files cannot be read, does not parse, or does
 not match the checksum its name or its status file records; what is damaged is
 named with its path and never read as data. Temporary files left by a killed
 writer (``.tmp-*``) are *leftovers*: harmless, listed, and removed by repair.
+A listed ``model.pt`` that is absent is *not kept*, not damage: model files are
+git-ignored, so every clone of a committed store lacks them, and the rows (which
+carry every metric) do not depend on them; a model.pt that is there but does not
+match its checksum is damage.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class RunCheck:
     problems: list = field(default_factory=list)   # what is wrong, one line each
     status: str | None = None                      # from status.json; None: still going
     leftovers: list = field(default_factory=list)  # temporary files
+    not_kept: list = field(default_factory=list)   # listed model files that are absent
     rows: list = field(default_factory=list)       # (name, header bytes, body bytes)
     meta: dict | None = None
 
@@ -132,7 +137,10 @@ def check_run(path, models: bool = True, keep_rows: bool = False) -> RunCheck:
     if isinstance(listed, dict):
         on_disk = set(rows_names) | ({"model.pt"} if "model.pt" in names else set())
         for n in sorted(set(listed) - on_disk):
-            res.problems.append(f"{n} is listed in status.json but missing")
+            if n == "model.pt":  # git-ignored: a clone of the store has no model files
+                res.not_kept.append(n)
+            else:
+                res.problems.append(f"{n} is listed in status.json but missing")
         for n in sorted(on_disk - set(listed)):
             res.problems.append(f"{n} is not listed in status.json")
     for n in rows_names:
@@ -198,6 +206,7 @@ class Verdict:
     runs: int = 0
     damaged: list = field(default_factory=list)     # (path, [problems])
     leftovers: list = field(default_factory=list)   # paths of temporary files
+    no_model: int = 0                               # finished runs whose model.pt is not kept
 
 
 def runs_root(root: Path) -> Path:
@@ -213,6 +222,7 @@ def verify(root) -> Verdict:
         v.runs += 1
         res = check_run(d)
         v.leftovers += res.leftovers
+        v.no_model += bool(res.not_kept)
         if res.problems:
             v.damaged.append((d, res.problems))
     v.damaged += [(p, [what]) for p, what in stray]

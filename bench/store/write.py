@@ -16,7 +16,8 @@ A rows file's name carries its row count and the first 12 hex digits of the
 SHA-256 of its bytes, so any rows file can be checked on its own, even in a run
 that is still going; ``status.json`` lists every file of the finished run (rows
 files by name, model.pt with its SHA-256), so a missing or altered file is found
-too. Older stores (``rows-<step>.csv``, no list) are still read, with structural
+too (an absent model.pt is "not kept", not damage: model files are never committed).
+Older stores (``rows-<step>.csv``, no list) are still read, with structural
 checks only. A config is complete when one of its runs has a valid status file
 (``complete`` or ``diverged``); re-running it is skipped.
 """
