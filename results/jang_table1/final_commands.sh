@@ -1,6 +1,4 @@
-# categorical_vae Gumbel-Softmax: seeds 1+ wait for the full-length check at lr=0.001, r=0.0001, N=1000 (every cell gets one); print these commands again once it is done
-# categorical_vae ST Gumbel-Softmax: seeds 1+ wait for the full-length check at lr=0.001, r=1e-05, N=1000 (every cell gets one); print these commands again once it is done
-# pass 1 of 3: seed 0 of each of 28 cells and 2 full-length check(s)
+# pass 1 of 3: seed 0 of each of 28 cells
 nice -n 10 python -m bench run -m +experiment=jang_sbn_protocol +experiment/jang_protocol_estimator=reinforce task=sbn train.lr=0.003 train.steps=50000 seed=0 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_sbn_protocol +experiment/jang_protocol_estimator=darn task=sbn train.lr=0.003 train.steps=50000 seed=0 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_sbn_protocol +experiment/jang_protocol_estimator=muprop task=sbn train.lr=0.003 train.steps=50000 seed=0 results_dir=results/jang_table1/final data_dir=../shared/data
@@ -29,9 +27,7 @@ nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang
 nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=annealed_st_r1e-5_n1000 task=categorical_vae train.lr=0.003 train.steps=50000 seed=0 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=gumbel_softmax_r1e-4_n1000 task=categorical_vae train.lr=0.003 train.steps=50000 seed=0 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=st_gumbel_softmax_r1e-5_n1000 task=categorical_vae train.lr=0.003 train.steps=50000 seed=0 results_dir=results/jang_table1/final data_dir=../shared/data
-nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=gumbel_softmax_r1e-4_n1000 task=categorical_vae train.lr=0.001 train.steps=50000 seed=0 results_dir=results/jang_table1/final data_dir=../shared/data
-nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=st_gumbel_softmax_r1e-5_n1000 task=categorical_vae train.lr=0.001 train.steps=50000 seed=0 results_dir=results/jang_table1/final data_dir=../shared/data
-# pass 2 of 3: seed 1 of each of 26 cells (2 more wait for their check)
+# pass 2 of 3: seed 1 of each of 28 cells
 nice -n 10 python -m bench run -m +experiment=jang_sbn_protocol +experiment/jang_protocol_estimator=reinforce task=sbn train.lr=0.003 train.steps=50000 seed=1 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_sbn_protocol +experiment/jang_protocol_estimator=darn task=sbn train.lr=0.003 train.steps=50000 seed=1 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_sbn_protocol +experiment/jang_protocol_estimator=muprop task=sbn train.lr=0.003 train.steps=50000 seed=1 results_dir=results/jang_table1/final data_dir=../shared/data
@@ -58,7 +54,9 @@ nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang
 nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=muprop task=categorical_vae train.lr=0.001 train.steps=50000 seed=1 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=straight_through task=categorical_vae train.lr=0.003 train.steps=50000 seed=1 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=annealed_st_r1e-5_n1000 task=categorical_vae train.lr=0.003 train.steps=50000 seed=1 results_dir=results/jang_table1/final data_dir=../shared/data
-# pass 3 of 3: seed 2 of each of 26 cells (2 more wait for their check)
+nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=gumbel_softmax_r1e-4_n1000 task=categorical_vae train.lr=0.001 train.steps=50000 seed=1 results_dir=results/jang_table1/final data_dir=../shared/data
+nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=st_gumbel_softmax_r1e-5_n1000 task=categorical_vae train.lr=0.001 train.steps=50000 seed=1 results_dir=results/jang_table1/final data_dir=../shared/data
+# pass 3 of 3: seed 2 of each of 28 cells
 nice -n 10 python -m bench run -m +experiment=jang_sbn_protocol +experiment/jang_protocol_estimator=reinforce task=sbn train.lr=0.003 train.steps=50000 seed=2 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_sbn_protocol +experiment/jang_protocol_estimator=darn task=sbn train.lr=0.003 train.steps=50000 seed=2 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_sbn_protocol +experiment/jang_protocol_estimator=muprop task=sbn train.lr=0.003 train.steps=50000 seed=2 results_dir=results/jang_table1/final data_dir=../shared/data
@@ -85,3 +83,5 @@ nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang
 nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=muprop task=categorical_vae train.lr=0.001 train.steps=50000 seed=2 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=straight_through task=categorical_vae train.lr=0.003 train.steps=50000 seed=2 results_dir=results/jang_table1/final data_dir=../shared/data
 nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=annealed_st_r1e-5_n1000 task=categorical_vae train.lr=0.003 train.steps=50000 seed=2 results_dir=results/jang_table1/final data_dir=../shared/data
+nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=gumbel_softmax_r1e-4_n1000 task=categorical_vae train.lr=0.001 train.steps=50000 seed=2 results_dir=results/jang_table1/final data_dir=../shared/data
+nice -n 10 python -m bench run -m +experiment=jang_vae_protocol +experiment/jang_protocol_estimator=st_gumbel_softmax_r1e-5_n1000 task=categorical_vae train.lr=0.001 train.steps=50000 seed=2 results_dir=results/jang_table1/final data_dir=../shared/data
