@@ -36,7 +36,7 @@ class RunCheck:
     problems: list = field(default_factory=list)   # what is wrong, one line each
     status: str | None = None                      # from status.json; None: still going
     leftovers: list = field(default_factory=list)  # temporary files
-    not_kept: list = field(default_factory=list)   # listed model files that are absent
+    model_not_kept: bool = False                   # model.pt listed, absent (a clone)
     rows: list = field(default_factory=list)       # (name, header bytes, body bytes)
     meta: dict | None = None
 
@@ -138,7 +138,7 @@ def check_run(path, models: bool = True, keep_rows: bool = False) -> RunCheck:
         on_disk = set(rows_names) | ({"model.pt"} if "model.pt" in names else set())
         for n in sorted(set(listed) - on_disk):
             if n == "model.pt":  # git-ignored: a clone of the store has no model files
-                res.not_kept.append(n)
+                res.model_not_kept = True
             else:
                 res.problems.append(f"{n} is listed in status.json but missing")
         for n in sorted(on_disk - set(listed)):
@@ -222,7 +222,7 @@ def verify(root) -> Verdict:
         v.runs += 1
         res = check_run(d)
         v.leftovers += res.leftovers
-        v.no_model += bool(res.not_kept)
+        v.no_model += res.model_not_kept
         if res.problems:
             v.damaged.append((d, res.problems))
     v.damaged += [(p, [what]) for p, what in stray]
