@@ -18,7 +18,7 @@ FINAL = 1000  # final runs in the planted store (selection runs: 200 steps)
 
 
 def plant(store, task, est, seed, steps, lr, valid, test, nll=None, falling=0.0,
-          status="complete", rate=None, rising=0.0, peak=0.6):
+          status="complete", rate=None, rising=0.0, peak=0.6, wall=None):
     cfg = {"task": {"name": task}, "estimator": {"name": est}, "seed": seed,
            "train": {"steps": steps, "lr": lr}, "report": {"protocol": "jang2017-sgd"}}
     if rate is not None:
@@ -37,7 +37,7 @@ def plant(store, task, est, seed, steps, lr, valid, test, nll=None, falling=0.0,
                 m["test_nll"] = nll
         rec.write(step, m, float(i))
     if status != "incomplete":
-        rec.finish(status)
+        rec.finish(status, **({} if wall is None else {"wall_s": wall}))
 
 
 @pytest.fixture
@@ -58,9 +58,9 @@ def store(tmp_path):
     # VAE categorical: gumbel_softmax, tau schedule chosen (r=1e-4 better than 1e-5)
     for rate, valid in ((1e-5, 110.0), (1e-4, 104.0)):
         plant(s, "categorical_vae", "gumbel_softmax", 0, 200, 3e-4, valid, valid, rate=rate)
-    for seed in range(2):
+    for seed, wall in enumerate((1440.0, 1800.0)):  # 24 and 30 minutes on this machine
         plant(s, "categorical_vae", "gumbel_softmax", seed, FINAL, 3e-4, 103.0, 103.0 + seed,
-              nll=95.0 + seed, rate=1e-4)
+              nll=95.0 + seed, rate=1e-4, wall=wall)
     plant(s, "categorical_vae", "reinforce", 0, FINAL, 1e-4, 111.0, 111.0, status="incomplete")
     # VAE Bernoulli DARN: best by 60 % of training, then worse again (unstable at its LR)
     plant(s, "bernoulli_vae", "darn", 0, 200, 3e-3, 129.0, 129.0)
@@ -98,10 +98,14 @@ def test_table1_report(tmp_path, store, cost):
     assert gs["setting"] == "lr=0.0003, r=0.0001, N=1000"  # the schedule chosen on valid
     assert gs["mean"] == pytest.approx(103.5) and gs["nll_mean"] == pytest.approx(95.5)
     assert gs["diff"] == pytest.approx(103.5 - 101.5)
-    # 2 of 3 seeds: a number, and the third seed's cost still planned
-    assert gs["seeds"] == 2 and gs["planned_h"] == pytest.approx(0.3)
+    # 2 of 3 seeds: a number, and the third seed's cost still planned -- at the median
+    # wall clock of the cell's own finished runs (27 min), not cost.csv's 0.3 h
+    assert gs["seeds"] == 2 and gs["planned_h"] == pytest.approx(0.45)
     assert "103.5 ± " in page and "(n=2); 1 more seed(s) planned" in page
     assert "Cells with final runs: 6 of 28, 4 of them with all 3 seeds" in page
+    # planned: 0.45 (GS, measured) + 3 x 0.5 (Bernoulli SF) + 3 x 0.4 (categorical SF, cost.csv)
+    assert t["planned_h"].sum() == pytest.approx(0.45 + 1.5 + 1.2)
+    assert "finished final runs here for 1 of these cells, cost.csv for 2)" in page
 
     darn_vae = t.loc[("bernoulli_vae", "DARN")]  # planted: best at steps 600 and 800
     rise0 = 121.0 + 90 * 0.4 - (121.0 + 20 * 0.4 ** 3)

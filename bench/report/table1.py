@@ -22,7 +22,8 @@ unstable or diverged (``--check unstable``; bench/report/table1_check.py). The c
 value is the mean +- 95 % Student-t interval over the final runs at that setting:
 test_nll (m = 1000) for the SBN rows, the single-sample test -ELBO for the VAE rows,
 with their m = 1000 bound beside it. Cells without final runs are "not run yet", with
-their planned cost from ``--cost`` (``python -m bench table1_cost``). Written under
+their planned cost: the median wall clock of the cell's finished final runs in STORE
+(status.json ``wall_s``, resumes included), else ``--cost`` (``python -m bench table1_cost``). Written under
 ``--out``: REPORT.md, table1.csv and figures/valid_<row>.png; REPORT.md ends with the
 selection grid (every selection run's final valid -ELBO by learning rate, the choice
 in bold; bench/report/table1_selection.py). ``--final-commands`` prints one command
@@ -204,10 +205,12 @@ def build(store, out, select=None, cost=None, final_steps=50_000, seeds=3,
             p = pub["values"].get(est, math.nan)
             rec = {"row": task, "column": col, "estimator": est, "metric": metric,
                    "published": p, "status": c["status"]}
-            h = math.nan
-            if costs is not None:
+            h = measured_hours(runs, task, est, final_steps)  # this store's own runs first
+            rec["cost_from"] = "" if math.isnan(h) else "measured here"
+            if math.isnan(h) and costs is not None:
                 hit = costs[(costs["row"] == task) & (costs["column"] == col)]
                 h = float(hit["run_h"].iloc[0]) if len(hit) else math.nan
+                rec["cost_from"] = "" if math.isnan(h) else "cost.csv"
             if c["status"] != "done":
                 planned = ""
                 n = seeds + (1 if (c.get("check") or {}).get("pending") else 0)
@@ -263,6 +266,8 @@ def build(store, out, select=None, cost=None, final_steps=50_000, seeds=3,
     table.to_csv(out / "table1.csv", index=False)
     done = table[table["status"] == "done"]
     planned = table.get("planned_h", pd.Series(dtype=float)).sum()
+    left = table[table.get("planned_h", pd.Series(0.0, index=table.index)).fillna(0) > 0]
+    basis = left["cost_from"].value_counts() if len(left) else pd.Series(dtype=int)
     how = (f"from {select}" if select else "chosen on validation (valid_neg_elbo) among the "
            f"shorter selection runs of {selection or 'the store'}")
     how += ("; then the full-length check (seed 0 at the next smaller LR too, the lower "
@@ -278,13 +283,26 @@ def build(store, out, select=None, cost=None, final_steps=50_000, seeds=3,
              f"{int((done['seeds'] >= seeds).sum()) if len(done) else 0} of them with all "
              f"{seeds} seeds"
              + (f"; the rest planned at {planned:.1f} CPU-hours ({seeds} seeds and the full-length "
-                f"checks)" if planned else "")
+                f"checks; a run's cost: the median wall clock of the cell's finished final runs "
+                f"here for {basis.get('measured here', 0)} of these cells, cost.csv for "
+                f"{basis.get('cost.csv', 0)})"
+                if planned else "")
              + ". Lower is better everywhere. A difference beyond "
              f"{GAP:g} nats gets a line of evidence; 'still falling' means the validation −ELBO "
              f"fell by more than {FALLING} nats over the last 20 % of training.", ""]
     page = out / "REPORT.md"
     page.write_text("\n".join(lines + md) + "\n")
     return page
+
+
+def measured_hours(runs: pd.DataFrame, task: str, est: str, final_steps: int) -> float:
+    """Median wall clock, in hours, of a cell's complete final runs (any setting, the
+    full-length checks' too; resumes included): what one more seed costs on the machine
+    that ran them. NaN where the cell has none or the store did not record it."""
+    mine = runs[(runs["task"] == task) & (runs["estimator"] == est)
+                & (runs["steps"] == final_steps) & (runs["status"] == "complete")]
+    wall = mine["wall_s"].dropna()
+    return float(wall.median()) / 3600 if len(wall) else math.nan
 
 
 def row_curves(curves, runs, task, final_steps, settings: dict) -> dict:

@@ -44,17 +44,20 @@ def run_table(store: Path) -> pd.DataFrame:
             continue  # damaged: `python -m bench store verify` names it
         cfg = meta.get("config", {})
         st = meta_file.with_name("status.json")
-        status = json.loads(st.read_text())["status"] if st.exists() else "incomplete"
+        done = json.loads(st.read_text()) if st.exists() else {}
+        status = done.get("status", "incomplete")
         rec = {"run_id": meta["run_id"], "task": meta.get("task"),
                "estimator": meta.get("estimator"), "seed": meta.get("seed"),
                "steps": int(cfg.get("train", {}).get("steps", 0)), "status": status,
-               "protocol": (cfg.get("report") or {}).get("protocol", "")}
+               "protocol": (cfg.get("report") or {}).get("protocol", ""),
+               "wall_s": done.get("wall_s", math.nan)}  # whole run, resumes included
         for k, (group, key) in HYPER.items():
             rec[k] = (cfg.get(group) or {}).get(key, math.nan)
         recs.append(rec)
-    cols = ["run_id", "task", "estimator", "seed", "steps", "status", "protocol", *HYPER]
+    cols = ["run_id", "task", "estimator", "seed", "steps", "status", "protocol", "wall_s",
+            *HYPER]
     runs = pd.DataFrame(recs, columns=cols)
-    for k in HYPER:
+    for k in (*HYPER, "wall_s"):
         runs[k] = pd.to_numeric(runs[k], errors="coerce")
     return runs
 
