@@ -8,28 +8,27 @@ validation, rank agreement, curves, and evidence for every large gap.
                            [--final_steps 50000] [--seeds 3] [--check all|unstable]
 
 Runs are sorted into the 4 rows (tasks) x 7 columns (estimators) of Table 1. Runs of
-``--final_steps`` steps are the final runs; shorter ones (in ``--selection``, a store
-of their own, or in STORE itself) are the selection grid.
-A cell's hyperparameters (train.lr and, for the Gumbel-Softmax family, the tau
-schedule r, N) are those of ``--select`` (a CSV with columns ``task``, ``estimator``
-and any of ``train.lr``/``lr``, ``estimator.anneal_rate``/``anneal_rate``,
-``estimator.anneal_every``/``anneal_every``, as ``python -m bench select`` writes),
-else chosen here: the setting with the lowest mean final ``valid_neg_elbo`` over seeds
-among the selection runs (never a test metric), then settled at full length: seed 0 of
-the next smaller learning rate is run at full length too and the lower final valid
--ELBO wins, for every cell (``--check all``) or only where the selected seed-0 run is
-unstable or diverged (``--check unstable``; bench/report/table1_check.py). The cell's
-value is the mean +- 95 % Student-t interval over the final runs at that setting:
-test_nll (m = 1000) for the SBN rows, the single-sample test -ELBO for the VAE rows,
-with their m = 1000 bound beside it. Cells without final runs are "not run yet", with
-their planned cost: the median wall clock of the cell's finished final runs in STORE
-(status.json ``wall_s``, resumes included), else ``--cost`` (``python -m bench table1_cost``). Written under
-``--out``: REPORT.md, table1.csv and figures/valid_<row>.png; REPORT.md ends with the
-selection grid (every selection run's final valid -ELBO by learning rate, the choice
-in bold; bench/report/table1_selection.py). ``--final-commands`` prints one command
-per cell and seed at its chosen setting (bench/report/table1_commands.py), and holds
-back a cell whose planned selection grid is not all run (``--partial`` prints it
-anyway, marked).
+``--final_steps`` steps are the final runs; shorter ones (in ``--selection``, a store of
+their own, or in STORE itself) are the selection grid. A cell's hyperparameters
+(train.lr and, for the Gumbel-Softmax family, the tau schedule r, N) are those of
+``--select`` (a CSV with columns ``task``, ``estimator`` and any of ``train.lr``/``lr``,
+``estimator.anneal_rate``/``anneal_rate``, ``estimator.anneal_every``/``anneal_every``,
+as ``python -m bench select`` writes), else chosen here: the setting with the lowest
+mean final ``valid_neg_elbo`` over seeds among the selection runs (never a test metric),
+then settled at full length: seed 0 of the next smaller learning rate is run at full
+length too and the lower final valid -ELBO wins, for every cell (``--check all``) or
+only where the selected seed-0 run is unstable or diverged (``--check unstable``;
+bench/report/table1_check.py). The cell's value is the mean +- 95 % Student-t interval
+over the final runs at that setting: test_nll (m = 1000) for the SBN rows, the
+single-sample test -ELBO for the VAE rows, with their m = 1000 bound beside it. Cells
+without final runs are "not run yet", with their planned cost: the median wall clock of
+the cell's finished final runs in STORE (status.json ``wall_s``, resumes included), else
+``--cost`` (``python -m bench table1_cost``). Written under ``--out``: REPORT.md,
+table1.csv and figures/valid_<row>.png; REPORT.md ends with the selection grid (every
+selection run's final valid -ELBO by learning rate, the choice in bold;
+bench/report/table1_selection.py). ``--final-commands`` prints one command per cell and
+seed at its chosen setting (bench/report/table1_commands.py), and holds back a cell
+whose planned selection grid is not all run (``--partial`` prints it anyway, marked).
 """
 
 from __future__ import annotations
