@@ -264,9 +264,9 @@ def build(store, out, select=None, cost=None, final_steps=50_000, seeds=3,
     table = pd.DataFrame(recs)
     table.to_csv(out / "table1.csv", index=False)
     done = table[table["status"] == "done"]
-    planned = table.get("planned_h", pd.Series(dtype=float)).sum()
-    left = table[table.get("planned_h", pd.Series(0.0, index=table.index)).fillna(0) > 0]
-    basis = left["cost_from"].value_counts() if len(left) else pd.Series(dtype=int)
+    planned_h = table.get("planned_h", pd.Series(0.0, index=table.index))
+    planned = planned_h.sum()
+    basis = table.loc[planned_h > 0, "cost_from"].value_counts()  # cells still to run
     how = (f"from {select}" if select else "chosen on validation (valid_neg_elbo) among the "
            f"shorter selection runs of {selection or 'the store'}")
     how += ("; then the full-length check (seed 0 at the next smaller LR too, the lower "
